@@ -1,0 +1,166 @@
+//! Three-way merge of a node's document: the base the device last synced,
+//! the local version and the remote one. A pure function, so the rules are
+//! tested without a store or a server.
+
+use super::node::{NodeDoc, NodeKind};
+
+/// What a merge decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merged {
+    /// The node's new document.
+    pub doc: NodeDoc,
+    /// The local version, to be kept as a new node beside the merged one,
+    /// when both sides changed the content.
+    pub conflict_copy: Option<NodeDoc>,
+}
+
+fn location(doc: &NodeDoc) -> (&[u8], &[u8]) {
+    (&doc.parent.0, &doc.name)
+}
+
+fn attributes(doc: &NodeDoc) -> (u32, u32, u32) {
+    (doc.mode, doc.uid, doc.gid)
+}
+
+fn content(doc: &NodeDoc) -> (&super::Content, &[u8], super::Timestamp) {
+    (&doc.content, &doc.target, doc.mtime)
+}
+
+/// Merges field groups (location, attributes, content) independently: a
+/// group changed on one side only takes that side's value. Content changed
+/// on both sides keeps the remote content in the node and the local one in
+/// a conflict copy. An edit wins over a deletion.
+pub fn merge(base: Option<&NodeDoc>, local: &NodeDoc, remote: &NodeDoc) -> Merged {
+    let keep = |doc: &NodeDoc| Merged {
+        doc: doc.clone(),
+        conflict_copy: None,
+    };
+    let local_changed_content = base.is_none_or(|base| content(base) != content(local));
+    let remote_changed_content = base.is_none_or(|base| content(base) != content(remote));
+
+    match (local.kind, remote.kind) {
+        (NodeKind::Deleted, NodeKind::Deleted) => return keep(remote),
+        (_, NodeKind::Deleted) if local_changed_content => return keep(local),
+        (_, NodeKind::Deleted) => return keep(remote),
+        (NodeKind::Deleted, _) if remote_changed_content => return keep(remote),
+        (NodeKind::Deleted, _) => return keep(local),
+        _ => {}
+    }
+
+    let mut doc = remote.clone();
+    let mut conflict_copy = None;
+    let changed = |group: &dyn Fn(&NodeDoc) -> bool| base.is_none_or(|base| group(base));
+
+    if changed(&|base| location(base) != location(local)) {
+        doc.parent = local.parent;
+        doc.name = local.name.clone();
+    }
+    if changed(&|base| attributes(base) != attributes(local)) {
+        doc.mode = local.mode;
+        doc.uid = local.uid;
+        doc.gid = local.gid;
+    }
+    if local_changed_content && content(local) != content(remote) {
+        if remote_changed_content {
+            conflict_copy = Some(local.clone());
+        } else {
+            doc.content = local.content.clone();
+            doc.target = local.target.clone();
+            doc.mtime = local.mtime;
+        }
+    }
+    doc.atime = local.atime.max(remote.atime);
+    doc.ctime = local.ctime.max(remote.ctime);
+
+    Merged { doc, conflict_copy }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{BlockId, NodeId};
+    use crate::store::node::{Content, Timestamp};
+
+    fn file(name: &str, block: u8) -> NodeDoc {
+        let mut doc = NodeDoc::new(NodeKind::File, NodeId::ROOT, name.as_bytes(), 0o644, 0, 0);
+        doc.content = Content {
+            size: 10,
+            block_size: 65536,
+            blocks: vec![BlockId([block; 32])],
+        };
+        doc.mtime = Timestamp { seconds: block as i64, nanos: 0 };
+        doc.atime = Timestamp::default();
+        doc.ctime = Timestamp::default();
+        doc
+    }
+
+    #[test]
+    fn rename_and_edit_combine() {
+        let base = file("a", 1);
+        let mut local = base.clone();
+        local.name = b"b".to_vec();
+        let remote = file("a", 2);
+
+        let merged = merge(Some(&base), &local, &remote);
+        assert_eq!(merged.doc.name, b"b");
+        assert_eq!(merged.doc.content, remote.content);
+        assert_eq!(merged.conflict_copy, None);
+    }
+
+    #[test]
+    fn chmod_and_edit_combine() {
+        let base = file("a", 1);
+        let mut local = base.clone();
+        local.mode = 0o600;
+        let remote = file("a", 2);
+
+        let merged = merge(Some(&base), &local, &remote);
+        assert_eq!(merged.doc.mode, 0o600);
+        assert_eq!(merged.doc.content, remote.content);
+    }
+
+    #[test]
+    fn both_edits_keep_a_conflict_copy() {
+        let base = file("a", 1);
+        let local = file("a", 2);
+        let remote = file("a", 3);
+
+        let merged = merge(Some(&base), &local, &remote);
+        assert_eq!(merged.doc.content, remote.content);
+        assert_eq!(merged.conflict_copy.map(|copy| copy.content), Some(local.content));
+    }
+
+    #[test]
+    fn edit_wins_over_remote_delete() {
+        let base = file("a", 1);
+        let local = file("a", 2);
+        let merged = merge(Some(&base), &local, &NodeDoc::tombstone());
+        assert_eq!(merged.doc, local);
+    }
+
+    #[test]
+    fn remote_edit_wins_over_local_delete() {
+        let base = file("a", 1);
+        let remote = file("a", 2);
+        let merged = merge(Some(&base), &NodeDoc::tombstone(), &remote);
+        assert_eq!(merged.doc, remote);
+    }
+
+    #[test]
+    fn delete_wins_over_untouched_content() {
+        let base = file("a", 1);
+        let mut remote = base.clone();
+        remote.name = b"renamed".to_vec();
+        let merged = merge(Some(&base), &NodeDoc::tombstone(), &remote);
+        assert!(merged.doc.is_deleted());
+    }
+
+    #[test]
+    fn local_only_edit_is_kept() {
+        let base = file("a", 1);
+        let local = file("a", 2);
+        let merged = merge(Some(&base), &local, &base);
+        assert_eq!(merged.doc.content, local.content);
+        assert_eq!(merged.conflict_copy, None);
+    }
+}

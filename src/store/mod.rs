@@ -1,0 +1,520 @@
+//! The local store: one SQLite database per device holding the vault's sealed
+//! node documents, sealed blocks and the change log that sync reads.
+//!
+//! Plain-text columns hold only what the server could see anyway (ids,
+//! generations, ciphertext) plus local inode numbers and keyed-hash tags.
+//! NOTE: the directory tag lets someone with the store file see which rows
+//! are siblings (not their names or their directory); a store-wide index
+//! sealed as one document would hide that too.
+
+mod blocks;
+mod merge;
+mod node;
+mod schema;
+mod sync_state;
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::crypto::{CryptoError, KdfParams, MasterKey, NodeId, Passphrase, VaultKeys, WrappedKey};
+
+pub use node::{Content, DEFAULT_BLOCK_SIZE, NodeDoc, NodeKind, Timestamp, VAULT_OWNER};
+pub use schema::SCHEMA_VERSION;
+pub use sync_state::{
+    AppliedChange, PendingDocument, RemoteDocument, StoreSummary, conflict_name, summarize,
+};
+
+const DATABASE_FILE: &str = "store.db";
+const LOCK_FILE: &str = "lock";
+
+/// Inode number of the root directory, fixed by FUSE.
+pub const ROOT_INO: u64 = 1;
+
+/// Failures of the local store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no syn store at {0}: create one with `syn init --store {0}` or `syn join --store {0}`")]
+    Missing(PathBuf),
+
+    #[error("a syn store already exists at {0}: choose another --store directory")]
+    AlreadyExists(PathBuf),
+
+    #[error("{path} is not a usable syn store: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+
+    #[error(
+        "the store was written by a newer syn (schema {found}, this binary knows {known}): upgrade syn to open it"
+    )]
+    TooNew { found: i64, known: i64 },
+
+    #[error("the store is in use by another syn process (a mount or a sync): unmount it first")]
+    Locked,
+
+    #[error("the disk that holds the store is full: free some space and try again")]
+    DiskFull,
+
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+
+    #[error("store database error: {0}")]
+    Database(rusqlite::Error),
+
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(failure, _) = &error {
+            if failure.code == rusqlite::ErrorCode::DiskFull {
+                return StoreError::DiskFull;
+            }
+        }
+        StoreError::Database(error)
+    }
+}
+
+/// How a new store starts.
+pub struct NewStore<'a> {
+    pub wrapped_key: &'a WrappedKey,
+    pub master: &'a MasterKey,
+    /// Label used in conflict copies' names; it stays on this device.
+    pub device_label: &'a str,
+    pub server_url: Option<&'a str>,
+    pub device_token: Option<&'a str>,
+}
+
+/// One node as the store holds it, decrypted.
+#[derive(Debug, Clone)]
+pub struct NodeRow {
+    pub id: NodeId,
+    pub ino: u64,
+    pub doc: NodeDoc,
+    pub remote_revision: u64,
+}
+
+/// An exclusive lock on a store directory, held while a process writes it.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+impl StoreLock {
+    /// Takes the lock or fails with [`StoreError::Locked`] at once.
+    pub fn acquire(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StoreError::Io {
+                action: "cannot open the lock file",
+                path: path.clone(),
+                source,
+            })?;
+        // SAFETY: flock on a file descriptor we own; it has no memory effects.
+        let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if result != 0 {
+            return Err(StoreError::Locked);
+        }
+        Ok(StoreLock { _file: file })
+    }
+}
+
+/// The store of one device, unlocked with the vault's keys.
+pub struct Store {
+    connection: Connection,
+    keys: VaultKeys,
+    dir: PathBuf,
+    block_cache: blocks::BlockCache,
+}
+
+impl Store {
+    /// Creates a store in `dir`, which must not hold one yet.
+    pub fn create(dir: &Path, new: NewStore<'_>) -> Result<Store, StoreError> {
+        fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            action: "cannot create the store directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let database = dir.join(DATABASE_FILE);
+        if database.exists() {
+            return Err(StoreError::AlreadyExists(dir.to_path_buf()));
+        }
+
+        let mut connection = open_connection(&database)?;
+        schema::migrate(&mut connection)?;
+        let keys = VaultKeys::derive(new.wrapped_key.vault_id, new.master);
+        let mut store = Store {
+            connection,
+            keys,
+            dir: dir.to_path_buf(),
+            block_cache: blocks::BlockCache::default(),
+        };
+        store.write_initial_meta(&new)?;
+        Ok(store)
+    }
+
+    /// Opens an existing store and unlocks it with `passphrase`.
+    pub fn open(dir: &Path, passphrase: &Passphrase) -> Result<Store, StoreError> {
+        let mut connection = open_existing(dir)?;
+        schema::migrate(&mut connection)?;
+
+        let wrapped = read_wrapped_key(&connection, dir)?;
+        let master = wrapped.unwrap_key(passphrase)?;
+        let keys = VaultKeys::derive(wrapped.vault_id, &master);
+        Ok(Store {
+            connection,
+            keys,
+            dir: dir.to_path_buf(),
+            block_cache: blocks::BlockCache::default(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn keys(&self) -> &VaultKeys {
+        &self.keys
+    }
+
+    fn write_initial_meta(&mut self, new: &NewStore<'_>) -> Result<(), StoreError> {
+        let transaction = self.connection.transaction()?;
+        let root = NodeDoc::new(NodeKind::Directory, NodeId::ROOT, b"", 0o755, VAULT_OWNER, VAULT_OWNER);
+        let sealed_root = self.keys.seal_document(&NodeId::ROOT, &root.to_bytes());
+        transaction.execute(
+            "INSERT INTO nodes (id, ino, document) VALUES (?1, ?2, ?3)",
+            params![NodeId::ROOT.0, ROOT_INO as i64, sealed_root],
+        )?;
+
+        let mut meta: Vec<(&str, Vec<u8>)> = vec![
+            ("vault_id", new.wrapped_key.vault_id.0.to_vec()),
+            ("wrapped_key", new.wrapped_key.to_bytes()),
+            ("next_ino", (ROOT_INO + 1).to_le_bytes().to_vec()),
+            (
+                "device_label",
+                self.keys.seal_local("device_label", new.device_label.as_bytes()),
+            ),
+            ("cursor", 0u64.to_le_bytes().to_vec()),
+        ];
+        if let Some(url) = new.server_url {
+            meta.push(("server_url", url.as_bytes().to_vec()));
+        }
+        if let Some(token) = new.device_token {
+            meta.push((
+                "device_token",
+                self.keys.seal_local("device_token", token.as_bytes()),
+            ));
+        }
+        for (key, value) in meta {
+            transaction.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .connection
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0))
+            .optional()?)
+    }
+
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.connection.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    pub fn server_url(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .meta("server_url")?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    pub fn device_token(&self) -> Result<Option<String>, StoreError> {
+        let Some(sealed) = self.meta("device_token")? else {
+            return Ok(None);
+        };
+        let token = self.keys.open_local("device_token", &sealed)?;
+        Ok(Some(String::from_utf8_lossy(&token).into_owned()))
+    }
+
+    pub fn device_label(&self) -> Result<String, StoreError> {
+        let Some(sealed) = self.meta("device_label")? else {
+            return Ok("device".into());
+        };
+        let label = self.keys.open_local("device_label", &sealed)?;
+        Ok(String::from_utf8_lossy(&label).into_owned())
+    }
+
+    /// True when the vault's key was wrapped with test-only Argon2 costs.
+    pub fn has_insecure_kdf(&self) -> Result<bool, StoreError> {
+        let wrapped = read_wrapped_key(&self.connection, &self.dir)?;
+        Ok(wrapped.kdf.is_below_floor())
+    }
+
+    fn open_row(&self, id: NodeId, ino: i64, sealed: &[u8], revision: i64) -> Result<NodeRow, StoreError> {
+        let plaintext = self.keys.open_document(&id, sealed)?;
+        let doc = NodeDoc::from_bytes(&plaintext).ok_or_else(|| StoreError::Corrupt {
+            path: self.dir.clone(),
+            reason: format!("the document of node {} does not parse", id.to_hex()),
+        })?;
+        Ok(NodeRow {
+            id,
+            ino: ino as u64,
+            doc,
+            remote_revision: revision as u64,
+        })
+    }
+
+    fn query_row_by(&self, column: &str, value: &dyn rusqlite::ToSql) -> Result<Option<NodeRow>, StoreError> {
+        let sql = format!(
+            "SELECT id, ino, document, remote_revision FROM nodes WHERE {column} = ?1"
+        );
+        let found: Option<(Vec<u8>, i64, Vec<u8>, i64)> = self
+            .connection
+            .query_row(&sql, [value], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
+            .optional()?;
+        let Some((id, ino, sealed, revision)) = found else {
+            return Ok(None);
+        };
+        let id = self.parse_node_id(&id)?;
+        self.open_row(id, ino, &sealed, revision).map(Some)
+    }
+
+    fn parse_node_id(&self, bytes: &[u8]) -> Result<NodeId, StoreError> {
+        NodeId::from_slice(bytes).ok_or_else(|| StoreError::Corrupt {
+            path: self.dir.clone(),
+            reason: "a node id has the wrong length".into(),
+        })
+    }
+
+    pub fn node_by_ino(&self, ino: u64) -> Result<Option<NodeRow>, StoreError> {
+        self.query_row_by("ino", &(ino as i64))
+    }
+
+    pub fn node(&self, id: &NodeId) -> Result<Option<NodeRow>, StoreError> {
+        self.query_row_by("id", &id.0.as_slice())
+    }
+
+    pub fn ino_of(&self, id: &NodeId) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .connection
+            .query_row("SELECT ino FROM nodes WHERE id = ?1", [id.0.as_slice()], |row| {
+                row.get::<_, i64>(0)
+            })
+            .optional()?
+            .map(|ino| ino as u64))
+    }
+
+    /// Finds the live entry `name` in directory `parent`.
+    pub fn lookup(&self, parent: &NodeId, name: &[u8]) -> Result<Option<NodeRow>, StoreError> {
+        let tag = self.keys.name_tag(parent, name);
+        let row = self.query_row_by("name_tag", &tag.0.as_slice())?;
+        // A tag collision or a stale index would show here as another name.
+        Ok(row.filter(|row| row.doc.parent == *parent && row.doc.name == name))
+    }
+
+    /// Lists the live entries of directory `parent`, in no particular order.
+    pub fn children(&self, parent: &NodeId) -> Result<Vec<NodeRow>, StoreError> {
+        let tag = self.keys.directory_tag(parent);
+        let mut statement = self.connection.prepare_cached(
+            "SELECT id, ino, document, remote_revision FROM nodes WHERE directory_tag = ?1",
+        )?;
+        let rows: Vec<(Vec<u8>, i64, Vec<u8>, i64)> = statement
+            .query_map([tag.0.as_slice()], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut children = Vec::with_capacity(rows.len());
+        for (id, ino, sealed, revision) in rows {
+            let id = self.parse_node_id(&id)?;
+            let row = self.open_row(id, ino, &sealed, revision)?;
+            if row.doc.parent == *parent && !row.doc.is_deleted() {
+                children.push(row);
+            }
+        }
+        Ok(children)
+    }
+
+    pub fn has_children(&self, parent: &NodeId) -> Result<bool, StoreError> {
+        let tag = self.keys.directory_tag(parent);
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT 1 FROM nodes WHERE directory_tag = ?1 LIMIT 1",
+                [tag.0.as_slice()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Writes local changes to nodes in one transaction and logs each in the
+    /// change log; returns their inode numbers. New nodes get a new inode.
+    pub fn commit(&mut self, changes: &[(NodeId, &NodeDoc)]) -> Result<Vec<u64>, StoreError> {
+        let transaction = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut inos = Vec::with_capacity(changes.len());
+        for (id, doc) in changes {
+            let ino = write_node(&transaction, &self.keys, id, doc)?;
+            transaction.execute("INSERT INTO changes (node) VALUES (?1)", [id.0.as_slice()])?;
+            inos.push(ino);
+        }
+        transaction.commit()?;
+        Ok(inos)
+    }
+
+    /// Makes every committed change durable (fsync).
+    pub fn sync_to_disk(&self) -> Result<(), StoreError> {
+        self.connection
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Bytes total and free on the file system that holds the store.
+    pub fn disk_space(&self) -> std::io::Result<libc::statvfs> {
+        let path = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: statvfs writes into the zeroed struct we pass and reads the
+        // NUL-terminated path, both valid for the call.
+        unsafe {
+            let mut stat: libc::statvfs = std::mem::zeroed();
+            if libc::statvfs(path.as_ptr(), &mut stat) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(stat)
+        }
+    }
+}
+
+/// Inserts or updates one node row, keeping its tags in step with its
+/// document, and returns its inode number.
+fn write_node(
+    transaction: &rusqlite::Transaction<'_>,
+    keys: &VaultKeys,
+    id: &NodeId,
+    doc: &NodeDoc,
+) -> Result<u64, StoreError> {
+    let sealed = keys.seal_document(id, &doc.to_bytes());
+    let (directory_tag, name_tag) = if doc.is_deleted() || *id == NodeId::ROOT {
+        (None, None)
+    } else {
+        (
+            Some(keys.directory_tag(&doc.parent).0.to_vec()),
+            Some(keys.name_tag(&doc.parent, &doc.name).0.to_vec()),
+        )
+    };
+
+    let existing: Option<i64> = transaction
+        .query_row("SELECT ino FROM nodes WHERE id = ?1", [id.0.as_slice()], |row| row.get(0))
+        .optional()?;
+    if let Some(ino) = existing {
+        transaction.execute(
+            "UPDATE nodes SET document = ?2, directory_tag = ?3, name_tag = ?4 WHERE id = ?1",
+            params![id.0, sealed, directory_tag, name_tag],
+        )?;
+        return Ok(ino as u64);
+    }
+
+    let ino = allocate_ino(transaction)?;
+    transaction.execute(
+        "INSERT INTO nodes (id, ino, directory_tag, name_tag, document) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id.0, ino as i64, directory_tag, name_tag, sealed],
+    )?;
+    Ok(ino)
+}
+
+fn allocate_ino(transaction: &rusqlite::Transaction<'_>) -> Result<u64, StoreError> {
+    let bytes: Vec<u8> =
+        transaction.query_row("SELECT value FROM meta WHERE key = 'next_ino'", [], |row| row.get(0))?;
+    let next = u64::from_le_bytes(bytes.as_slice().try_into().unwrap_or([0; 8])).max(ROOT_INO + 1);
+    transaction.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'next_ino'",
+        [(next + 1).to_le_bytes().to_vec()],
+    )?;
+    Ok(next)
+}
+
+fn open_connection(database: &Path) -> Result<Connection, StoreError> {
+    let connection = Connection::open(database)?;
+    connection.busy_timeout(Duration::from_secs(10))?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(connection)
+}
+
+fn open_existing(dir: &Path) -> Result<Connection, StoreError> {
+    let database = dir.join(DATABASE_FILE);
+    if !database.exists() {
+        return Err(StoreError::Missing(dir.to_path_buf()));
+    }
+    let connection = open_connection(&database).map_err(|error| match error {
+        StoreError::Database(inner) => StoreError::Corrupt {
+            path: database.clone(),
+            reason: inner.to_string(),
+        },
+        other => other,
+    })?;
+    // A foreign SQLite file or a damaged one fails here rather than later.
+    let has_meta: bool = connection
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .map(|count| count == 1)
+        .map_err(|error| StoreError::Corrupt {
+            path: database.clone(),
+            reason: error.to_string(),
+        })?;
+    let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if !has_meta && version <= SCHEMA_VERSION {
+        return Err(StoreError::Corrupt {
+            path: database,
+            reason: "it is an SQLite database, but not one that syn wrote".into(),
+        });
+    }
+    Ok(connection)
+}
+
+fn read_wrapped_key(connection: &Connection, dir: &Path) -> Result<WrappedKey, StoreError> {
+    let bytes: Option<Vec<u8>> = connection
+        .query_row("SELECT value FROM meta WHERE key = 'wrapped_key'", [], |row| row.get(0))
+        .optional()?;
+    let bytes = bytes.ok_or_else(|| StoreError::Corrupt {
+        path: dir.to_path_buf(),
+        reason: "the wrapped master key is missing".into(),
+    })?;
+    Ok(WrappedKey::from_bytes(&bytes)?)
+}
+
+/// Parameters for a new vault's key wrapping.
+pub fn kdf_params(insecure_for_tests: bool) -> KdfParams {
+    if insecure_for_tests {
+        KdfParams::insecure_for_tests()
+    } else {
+        KdfParams::recommended()
+    }
+}

@@ -1,0 +1,468 @@
+//! What the sync task reads from and writes to the store: the pending
+//! changes, the cursor, and remote documents applied with merges.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use super::merge::merge;
+use super::node::{NodeDoc, NodeKind};
+use super::{DATABASE_FILE, Store, StoreError, write_node};
+use crate::crypto::{BlockId, NodeId};
+
+/// Longest name a conflict copy may get, the limit of Linux file systems.
+const MAX_NAME_BYTES: usize = 255;
+
+/// A node whose local changes wait to be pushed.
+#[derive(Debug, Clone)]
+pub struct PendingDocument {
+    pub id: NodeId,
+    /// Highest change-log sequence number this push covers.
+    pub seq: i64,
+    /// Server generation the document is based on.
+    pub generation: u64,
+    pub sealed: Vec<u8>,
+    /// Blocks the document refers to, which the server must have first.
+    pub blocks: Vec<BlockId>,
+}
+
+/// A document pulled from the server.
+#[derive(Debug, Clone)]
+pub struct RemoteDocument {
+    pub id: NodeId,
+    pub generation: u64,
+    pub sealed: Vec<u8>,
+}
+
+/// A node that a remote change touched, for kernel cache invalidation.
+#[derive(Debug, Clone)]
+pub struct AppliedChange {
+    pub ino: u64,
+    /// Directory inode and name before and after, where the node had one.
+    pub entries: Vec<(u64, Vec<u8>)>,
+}
+
+/// What `syn status` can read from a store without unlocking it.
+#[derive(Debug, Clone, Default)]
+pub struct StoreSummary {
+    pub pending_changes: u64,
+    pub cursor: u64,
+    pub last_sync: Option<u64>,
+    pub last_error: Option<String>,
+    pub conflicts: u64,
+    pub server_url: Option<String>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
+}
+
+fn meta_u64(connection: &Connection, key: &str) -> Result<Option<u64>, StoreError> {
+    let bytes: Option<Vec<u8>> = connection
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0))
+        .optional()?;
+    Ok(bytes.and_then(|bytes| Some(u64::from_le_bytes(bytes.as_slice().try_into().ok()?))))
+}
+
+fn set_meta_u64(connection: &Connection, key: &str, value: u64) -> Result<(), StoreError> {
+    connection.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, value.to_le_bytes().to_vec()],
+    )?;
+    Ok(())
+}
+
+/// Reads the sync state of the store in `dir` without its keys.
+pub fn summarize(dir: &Path) -> Result<StoreSummary, StoreError> {
+    let database = dir.join(DATABASE_FILE);
+    if !database.exists() {
+        return Err(StoreError::Missing(dir.to_path_buf()));
+    }
+    let connection = Connection::open_with_flags(&database, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let pending: i64 =
+        connection.query_row("SELECT count(DISTINCT node) FROM changes", [], |row| row.get(0))?;
+    let last_error: Option<Vec<u8>> = connection
+        .query_row("SELECT value FROM meta WHERE key = 'last_error'", [], |row| row.get(0))
+        .optional()?;
+    let server_url: Option<Vec<u8>> = connection
+        .query_row("SELECT value FROM meta WHERE key = 'server_url'", [], |row| row.get(0))
+        .optional()?;
+    Ok(StoreSummary {
+        pending_changes: pending as u64,
+        cursor: meta_u64(&connection, "cursor")?.unwrap_or(0),
+        last_sync: meta_u64(&connection, "last_sync")?,
+        last_error: last_error.map(|text| String::from_utf8_lossy(&text).into_owned()),
+        conflicts: meta_u64(&connection, "conflicts")?.unwrap_or(0),
+        server_url: server_url.map(|text| String::from_utf8_lossy(&text).into_owned()),
+    })
+}
+
+/// The name of a conflict copy: `stem (conflict DEVICE DATE).ext`, cut to
+/// fit 255 bytes.
+pub fn conflict_name(name: &[u8], device: &str, unix_seconds: u64) -> Vec<u8> {
+    let dot = name.iter().rposition(|&byte| byte == b'.').filter(|&at| at > 0);
+    let (stem, extension) = match dot {
+        Some(at) => name.split_at(at),
+        None => (name, &b""[..]),
+    };
+    let suffix = format!(" (conflict {device} {})", format_utc(unix_seconds));
+    let room = MAX_NAME_BYTES.saturating_sub(suffix.len() + extension.len());
+    let mut result = stem[..stem.len().min(room)].to_vec();
+    result.extend_from_slice(suffix.as_bytes());
+    result.extend_from_slice(extension);
+    result.truncate(MAX_NAME_BYTES);
+    result
+}
+
+/// Formats a Unix time as `YYYY-MM-DD HHMMSS` in UTC.
+fn format_utc(unix_seconds: u64) -> String {
+    let days = (unix_seconds / 86_400) as i64;
+    let seconds_of_day = unix_seconds % 86_400;
+    // Civil-from-days conversion for the proleptic Gregorian calendar.
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}{:02}{:02}",
+        seconds_of_day / 3600,
+        seconds_of_day / 60 % 60,
+        seconds_of_day % 60
+    )
+}
+
+impl Store {
+    /// Nodes with changes to push, oldest change first, at most `limit`.
+    pub fn pending_documents(&self, limit: usize) -> Result<Vec<PendingDocument>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT changes.node, max(changes.seq), nodes.generation, nodes.document
+             FROM changes JOIN nodes ON nodes.id = changes.node
+             GROUP BY changes.node ORDER BY min(changes.seq) LIMIT ?1",
+        )?;
+        let rows: Vec<(Vec<u8>, i64, i64, Vec<u8>)> = statement
+            .query_map([limit as i64], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+
+        let mut pending = Vec::with_capacity(rows.len());
+        for (id, seq, generation, sealed) in rows {
+            let id = self.parse_node_id(&id)?;
+            let row = self.open_row(id, 0, &sealed, 0)?;
+            let blocks = row
+                .doc
+                .content
+                .blocks
+                .iter()
+                .filter(|block| !block.is_hole())
+                .copied()
+                .collect();
+            pending.push(PendingDocument {
+                id,
+                seq,
+                generation: generation as u64,
+                sealed,
+                blocks,
+            });
+        }
+        Ok(pending)
+    }
+
+    pub fn pending_count(&self) -> Result<u64, StoreError> {
+        let count: i64 = self.connection.query_row(
+            "SELECT count(DISTINCT node) FROM changes",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(count as u64)
+    }
+
+    /// Records that the server accepted `pushed` at the given generations;
+    /// changes logged after the push began stay pending.
+    pub fn mark_pushed(&mut self, pushed: &[(&PendingDocument, u64)]) -> Result<(), StoreError> {
+        let transaction = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (document, generation) in pushed {
+            transaction.execute(
+                "UPDATE nodes SET generation = ?2, base = ?3 WHERE id = ?1",
+                params![document.id.0, *generation as i64, document.sealed],
+            )?;
+            transaction.execute(
+                "DELETE FROM changes WHERE node = ?1 AND seq <= ?2",
+                params![document.id.0, document.seq],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    pub fn cursor(&self) -> Result<u64, StoreError> {
+        Ok(meta_u64(&self.connection, "cursor")?.unwrap_or(0))
+    }
+
+    /// Records a successful sync and clears the last error.
+    pub fn record_sync_success(&self) -> Result<(), StoreError> {
+        set_meta_u64(&self.connection, "last_sync", unix_now())?;
+        self.connection
+            .execute("DELETE FROM meta WHERE key = 'last_error'", [])?;
+        Ok(())
+    }
+
+    pub fn record_sync_error(&self, message: &str) -> Result<(), StoreError> {
+        self.set_meta("last_error", message.as_bytes())
+    }
+
+    /// Applies one page of remote documents and moves the cursor, all in one
+    /// transaction, merging with local changes where there are any.
+    pub fn apply_remote(
+        &mut self,
+        documents: &[RemoteDocument],
+        cursor: u64,
+    ) -> Result<Vec<AppliedChange>, StoreError> {
+        let device = self.device_label()?;
+        let mut opened = Vec::with_capacity(documents.len());
+        for document in documents {
+            let plaintext = self.keys.open_document(&document.id, &document.sealed)?;
+            let doc = NodeDoc::from_bytes(&plaintext).ok_or_else(|| StoreError::Corrupt {
+                path: self.dir.clone(),
+                reason: format!("remote document {} does not parse", document.id.to_hex()),
+            })?;
+            opened.push((document, doc));
+        }
+
+        let mut applied = Vec::new();
+        let mut conflicts = 0;
+        let transaction = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut context = ApplyContext {
+            transaction: &transaction,
+            store_dir: &self.dir,
+            keys: &self.keys,
+            device: &device,
+        };
+        for (document, remote) in opened {
+            if let Some(change) = context.apply_one(document, remote, &mut conflicts)? {
+                applied.push(change);
+            }
+        }
+        set_meta_u64(&transaction, "cursor", cursor)?;
+        if conflicts > 0 {
+            let total = meta_u64(&transaction, "conflicts")?.unwrap_or(0) + conflicts;
+            set_meta_u64(&transaction, "conflicts", total)?;
+        }
+        transaction.commit()?;
+        Ok(applied)
+    }
+}
+
+struct ApplyContext<'a> {
+    transaction: &'a rusqlite::Transaction<'a>,
+    store_dir: &'a PathBuf,
+    keys: &'a crate::crypto::VaultKeys,
+    device: &'a str,
+}
+
+struct LocalState {
+    ino: u64,
+    doc: NodeDoc,
+    generation: u64,
+    base: Option<NodeDoc>,
+    dirty: bool,
+}
+
+impl ApplyContext<'_> {
+    fn open_doc(&self, id: &NodeId, sealed: &[u8]) -> Result<NodeDoc, StoreError> {
+        let plaintext = self.keys.open_document(id, sealed)?;
+        NodeDoc::from_bytes(&plaintext).ok_or_else(|| StoreError::Corrupt {
+            path: self.store_dir.clone(),
+            reason: format!("the document of node {} does not parse", id.to_hex()),
+        })
+    }
+
+    fn local_state(&self, id: &NodeId) -> Result<Option<LocalState>, StoreError> {
+        let row: Option<(i64, Vec<u8>, i64, Option<Vec<u8>>)> = self
+            .transaction
+            .query_row(
+                "SELECT ino, document, generation, base FROM nodes WHERE id = ?1",
+                [id.0.as_slice()],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .optional()?;
+        let Some((ino, sealed, generation, base)) = row else {
+            return Ok(None);
+        };
+        let dirty = self
+            .transaction
+            .query_row("SELECT 1 FROM changes WHERE node = ?1 LIMIT 1", [id.0.as_slice()], |_| Ok(()))
+            .optional()?
+            .is_some();
+        let base = match base {
+            Some(sealed) => Some(self.open_doc(id, &sealed)?),
+            None => None,
+        };
+        Ok(Some(LocalState {
+            ino: ino as u64,
+            doc: self.open_doc(id, &sealed)?,
+            generation: generation as u64,
+            base,
+            dirty,
+        }))
+    }
+
+    fn ino_of(&self, id: &NodeId) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .transaction
+            .query_row("SELECT ino FROM nodes WHERE id = ?1", [id.0.as_slice()], |row| {
+                row.get::<_, i64>(0)
+            })
+            .optional()?
+            .map(|ino| ino as u64))
+    }
+
+    fn entry_of(&self, doc: &NodeDoc) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        if doc.is_deleted() {
+            return Ok(None);
+        }
+        Ok(self.ino_of(&doc.parent)?.map(|parent| (parent, doc.name.clone())))
+    }
+
+    fn log_change(&self, id: &NodeId) -> Result<(), StoreError> {
+        self.transaction
+            .execute("INSERT INTO changes (node) VALUES (?1)", [id.0.as_slice()])?;
+        Ok(())
+    }
+
+    fn apply_one(
+        &mut self,
+        document: &RemoteDocument,
+        remote: NodeDoc,
+        conflicts: &mut u64,
+    ) -> Result<Option<AppliedChange>, StoreError> {
+        if document.id == NodeId::ROOT {
+            return Ok(None);
+        }
+        let local = self.local_state(&document.id)?;
+        if let Some(local) = &local {
+            // Our own accepted push coming back, or a page re-sent after a retry.
+            if document.generation <= local.generation {
+                return Ok(None);
+            }
+        }
+
+        let (mut doc, conflict_copy, old_entry) = match &local {
+            None => (remote.clone(), None, None),
+            Some(local) if !local.dirty => (remote.clone(), None, self.entry_of(&local.doc)?),
+            Some(local) => {
+                let merged = merge(local.base.as_ref(), &local.doc, &remote);
+                (merged.doc, merged.conflict_copy, self.entry_of(&local.doc)?)
+            }
+        };
+
+        let mut entries: Vec<(u64, Vec<u8>)> = old_entry.into_iter().collect();
+        if let Some(mut copy) = conflict_copy {
+            copy.name = conflict_name(&copy.name, self.device, unix_now());
+            let copy_id = NodeId::random();
+            self.place_without_collision(&copy_id, &mut copy)?;
+            write_node(self.transaction, self.keys, &copy_id, &copy)?;
+            self.log_change(&copy_id)?;
+            entries.extend(self.entry_of(&copy)?);
+            *conflicts += 1;
+        }
+        let renamed_here = self.place_without_collision(&document.id, &mut doc)?;
+
+        let ino = write_node(self.transaction, self.keys, &document.id, &doc)?;
+        self.transaction.execute(
+            "UPDATE nodes SET generation = ?2, base = ?3, remote_revision = remote_revision + 1
+             WHERE id = ?1",
+            params![document.id.0, document.generation as i64, document.sealed],
+        )?;
+        if renamed_here || doc != remote {
+            if !local.as_ref().is_some_and(|local| local.dirty) {
+                self.log_change(&document.id)?;
+            }
+        } else {
+            self.transaction
+                .execute("DELETE FROM changes WHERE node = ?1", [document.id.0.as_slice()])?;
+        }
+        entries.extend(self.entry_of(&doc)?);
+        Ok(Some(AppliedChange {
+            ino: local.map_or(ino, |local| local.ino),
+            entries,
+        }))
+    }
+
+    /// Makes room for `doc` at its name: when another node holds the name,
+    /// the node with the higher id gets a conflict name, so every device picks
+    /// the same one. Returns true when `doc` itself was renamed.
+    fn place_without_collision(&mut self, id: &NodeId, doc: &mut NodeDoc) -> Result<bool, StoreError> {
+        if doc.is_deleted() || matches!(doc.kind, NodeKind::Deleted) {
+            return Ok(false);
+        }
+        let tag = self.keys.name_tag(&doc.parent, &doc.name);
+        let holder: Option<(Vec<u8>, Vec<u8>)> = self
+            .transaction
+            .query_row(
+                "SELECT id, document FROM nodes WHERE name_tag = ?1",
+                [tag.0.as_slice()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let Some((holder_id, holder_sealed)) = holder else {
+            return Ok(false);
+        };
+        let Some(holder_id) = NodeId::from_slice(&holder_id) else {
+            return Ok(false);
+        };
+        if holder_id == *id {
+            return Ok(false);
+        }
+
+        if *id > holder_id {
+            doc.name = conflict_name(&doc.name, self.device, unix_now());
+            return Ok(true);
+        }
+        let mut holder_doc = self.open_doc(&holder_id, &holder_sealed)?;
+        holder_doc.name = conflict_name(&holder_doc.name, self.device, unix_now());
+        write_node(self.transaction, self.keys, &holder_id, &holder_doc)?;
+        self.log_change(&holder_id)?;
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_name_keeps_the_extension() {
+        let name = conflict_name(b"report.txt", "laptop", 1_764_880_811);
+        assert_eq!(
+            String::from_utf8(name).unwrap(),
+            "report (conflict laptop 2025-12-04 204011).txt"
+        );
+    }
+
+    #[test]
+    fn conflict_name_of_dotfile_has_no_extension() {
+        let name = conflict_name(b".bashrc", "pc", 0);
+        assert_eq!(String::from_utf8(name).unwrap(), ".bashrc (conflict pc 1970-01-01 000000)");
+    }
+
+    #[test]
+    fn conflict_name_fits_255_bytes() {
+        let long = vec![b'x'; 255];
+        assert_eq!(conflict_name(&long, "device", 0).len(), 255);
+    }
+}
