@@ -11,3 +11,7 @@
 
 pub mod crypto;
 pub mod protocol;
+pub mod store;
+pub mod fs;
+pub mod server;
+pub mod sync;

@@ -223,6 +223,35 @@ impl Store {
         self.set_meta("last_error", message.as_bytes())
     }
 
+    /// Blocks that `documents` refer to and this store lacks; they must be
+    /// fetched before the documents are applied.
+    pub fn missing_blocks(&self, documents: &[RemoteDocument]) -> Result<Vec<BlockId>, StoreError> {
+        let mut missing = Vec::new();
+        for document in documents {
+            let plaintext = self.keys.open_document(&document.id, &document.sealed)?;
+            let doc = NodeDoc::from_bytes(&plaintext).ok_or_else(|| StoreError::Corrupt {
+                path: self.dir.clone(),
+                reason: format!("remote document {} does not parse", document.id.to_hex()),
+            })?;
+            for block in doc.content.blocks {
+                if !block.is_hole() && !missing.contains(&block) && !self.has_block(&block)? {
+                    missing.push(block);
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Forgets the server generation of a node that the server does not have,
+    /// so the next push creates it anew.
+    pub fn forget_generation(&self, id: &NodeId) -> Result<(), StoreError> {
+        self.connection.execute(
+            "UPDATE nodes SET generation = 0, base = NULL WHERE id = ?1",
+            [id.0.as_slice()],
+        )?;
+        Ok(())
+    }
+
     /// Applies one page of remote documents and moves the cursor, all in one
     /// transaction, merging with local changes where there are any.
     pub fn apply_remote(

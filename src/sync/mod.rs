@@ -1,0 +1,264 @@
+//! The sync side of the daemon: a thread that owns its own tokio runtime and
+//! runs the sync loop, woken by local changes and by the server's long-poll.
+//!
+//! FUSE threads never enter this runtime: they only call [`SyncHandle::wake`],
+//! which does not block.
+
+pub mod client;
+mod engine;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+pub use engine::{Engine, Invalidate, RoundReport, SyncError};
+
+/// Seconds one long-poll request waits for remote changes.
+const LONG_POLL_SECONDS: u64 = 25;
+
+/// First and last delay between failed rounds.
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// The sync state that `syn status` reports.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SyncStatus {
+    pub server: Option<String>,
+    /// Unix time of the last round that completed.
+    pub last_sync: Option<u64>,
+    pub last_error: Option<SyncErrorReport>,
+    pub pending_changes: u64,
+    pub pushed_total: u64,
+    pub pulled_total: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// The last failure of the sync loop, kept until a round succeeds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncErrorReport {
+    /// Unix time of the failure.
+    pub time: u64,
+    pub message: String,
+    /// False when the loop stopped retrying on its own, as for a revoked token.
+    pub retrying: bool,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
+}
+
+enum Command {
+    /// Run a round now and send its outcome back.
+    SyncNow(oneshot::Sender<Result<RoundReport, String>>),
+    /// Push what is pending within the timeout, then stop the loop.
+    Stop {
+        timeout: Duration,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// The daemon's handle on the sync thread.
+pub struct SyncHandle {
+    wake: Arc<Notify>,
+    commands: mpsc::UnboundedSender<Command>,
+    status: Arc<Mutex<SyncStatus>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SyncHandle {
+    /// Starts the sync thread with a runtime of its own.
+    pub fn start(engine: Engine, server: String) -> std::io::Result<SyncHandle> {
+        let wake = Arc::new(Notify::new());
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let status = Arc::new(Mutex::new(SyncStatus {
+            server: Some(server),
+            ..SyncStatus::default()
+        }));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("syn-sync")
+            .enable_all()
+            .build()?;
+        let sync_loop = SyncLoop {
+            engine,
+            wake: wake.clone(),
+            commands: receiver,
+            status: status.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("syn-sync".into())
+            .spawn(move || runtime.block_on(sync_loop.run()))?;
+        Ok(SyncHandle {
+            wake,
+            commands,
+            status,
+            thread: Some(thread),
+        })
+    }
+
+    /// A cheap, non-blocking wake-up for the FUSE side.
+    pub fn waker(&self) -> impl Fn() + Send + Sync + 'static {
+        let wake = self.wake.clone();
+        move || wake.notify_one()
+    }
+
+    pub fn status(&self) -> SyncStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Runs a round now and waits for its outcome.
+    pub fn sync_now(&self) -> Result<RoundReport, String> {
+        let (reply, outcome) = oneshot::channel();
+        self.commands
+            .send(Command::SyncNow(reply))
+            .map_err(|_| "the sync task has stopped".to_string())?;
+        outcome
+            .blocking_recv()
+            .map_err(|_| "the sync task stopped before it answered".to_string())?
+    }
+
+    /// Pushes what is pending, waiting at most `timeout`, and stops the
+    /// thread. Changes that could not be pushed stay in the change log.
+    pub fn stop(mut self, timeout: Duration) -> Result<(), String> {
+        let (done, outcome) = oneshot::channel();
+        let sent = self.commands.send(Command::Stop { timeout, done }).is_ok();
+        let result = if sent {
+            outcome
+                .blocking_recv()
+                .unwrap_or_else(|_| Err("the sync task stopped before it answered".into()))
+        } else {
+            Ok(())
+        };
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        result
+    }
+}
+
+fn lock(status: &Mutex<SyncStatus>) -> MutexGuard<'_, SyncStatus> {
+    status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct SyncLoop {
+    engine: Engine,
+    wake: Arc<Notify>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    status: Arc<Mutex<SyncStatus>>,
+}
+
+enum Event {
+    Wake,
+    Command(Option<Command>),
+    Polled(Result<usize, SyncError>),
+    BackoffOver,
+}
+
+impl SyncLoop {
+    async fn run(mut self) {
+        let mut failures: u32 = 0;
+        let mut round_due = true;
+        loop {
+            if round_due {
+                let outcome = self.engine.round().await;
+                failures = self.record(outcome.as_ref().map(|_| ()), failures).await;
+                round_due = false;
+            }
+
+            let event = if failures > 0 {
+                self.wait_backoff(failures).await
+            } else {
+                tokio::select! {
+                    _ = self.wake.notified() => Event::Wake,
+                    command = self.commands.recv() => Event::Command(command),
+                    polled = self.engine.long_poll(LONG_POLL_SECONDS) => Event::Polled(polled),
+                }
+            };
+
+            match event {
+                Event::Wake | Event::BackoffOver => round_due = true,
+                Event::Polled(Ok(0)) => {}
+                Event::Polled(Ok(count)) => {
+                    log::info!("pulled {count} remote changes");
+                    round_due = true;
+                }
+                Event::Polled(Err(error)) => failures = self.record(Err(&error), failures).await,
+                Event::Command(None) => return,
+                Event::Command(Some(Command::SyncNow(reply))) => {
+                    let outcome = self.engine.round().await;
+                    failures = self.record(outcome.as_ref().map(|_| ()), failures).await;
+                    let _ = reply.send(outcome.map_err(|error| error.to_string()));
+                }
+                Event::Command(Some(Command::Stop { timeout, done })) => {
+                    let outcome = tokio::time::timeout(timeout, self.engine.round()).await;
+                    let result = match outcome {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(error)) => Err(error.to_string()),
+                        Err(_) => Err(format!(
+                            "pushing pending changes timed out after {} s; they stay queued for the next mount",
+                            timeout.as_secs()
+                        )),
+                    };
+                    let _ = done.send(result);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sleeps for the current backoff, or less if a wake-up or command comes.
+    async fn wait_backoff(&mut self, failures: u32) -> Event {
+        let exponent = failures.saturating_sub(1).min(16);
+        let base = BACKOFF_START.saturating_mul(1 << exponent).min(BACKOFF_CAP);
+        let jittered = base.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+        tokio::select! {
+            _ = tokio::time::sleep(jittered) => Event::BackoffOver,
+            _ = self.wake.notified() => Event::Wake,
+            command = self.commands.recv() => Event::Command(command),
+        }
+    }
+
+    /// Updates the status after a round or poll; returns the new failure count.
+    async fn record(&self, outcome: Result<(), &SyncError>, failures: u32) -> u32 {
+        if let Err(error) = outcome {
+            if let Err(store_error) = self.engine.record_error(error.to_string()).await {
+                log::warn!("recording the sync error in the store failed: {store_error}");
+            }
+        }
+        let pending = self.engine.pending_count().await.unwrap_or(0);
+        let mut status = lock(&self.status);
+        status.pending_changes = pending;
+        status.bytes_sent = self.engine.client().bytes_sent();
+        status.bytes_received = self.engine.client().bytes_received();
+        match outcome {
+            Ok(()) => {
+                if failures > 0 {
+                    log::info!("sync recovered");
+                }
+                status.last_sync = Some(unix_now());
+                status.last_error = None;
+                0
+            }
+            Err(error) => {
+                let retrying = error.is_retryable();
+                if failures == 0 || !retrying {
+                    log::warn!("sync failed: {error}");
+                }
+                status.last_error = Some(SyncErrorReport {
+                    time: unix_now(),
+                    message: error.to_string(),
+                    retrying,
+                });
+                failures.saturating_add(1)
+            }
+        }
+    }
+}
