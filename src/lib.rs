@@ -9,9 +9,11 @@
 //! - [`server`]: `syn serve`, which stores documents and blobs per account;
 //! - [`daemon`] and [`cli`]: the mounted daemon, its control socket, and the commands.
 
+pub mod cli;
 pub mod crypto;
-pub mod protocol;
-pub mod store;
+pub mod daemon;
 pub mod fs;
+pub mod protocol;
 pub mod server;
+pub mod store;
 pub mod sync;

@@ -157,7 +157,11 @@ impl VaultKeys {
     pub fn seal_block(&self, plaintext: &[u8]) -> (BlockId, Vec<u8>) {
         let id = BlockId(*blake3::keyed_hash(&self.block_ids, plaintext).as_bytes());
         let padded = pad(plaintext);
-        let sealed = aead::seal(&self.content, &self.associated_data("block", &id.0), &padded);
+        let sealed = aead::seal(
+            &self.content,
+            &self.associated_data("block", &id.0),
+            &padded,
+        );
         (id, sealed)
     }
 
@@ -188,7 +192,11 @@ impl VaultKeys {
 
     /// Seals a secret that stays on this device, such as the device token.
     pub fn seal_local(&self, what: &str, plaintext: &[u8]) -> Vec<u8> {
-        aead::seal(&self.local, &self.associated_data("local", what.as_bytes()), plaintext)
+        aead::seal(
+            &self.local,
+            &self.associated_data("local", what.as_bytes()),
+            plaintext,
+        )
     }
 
     pub fn open_local(&self, what: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -294,7 +302,10 @@ mod tests {
         let keys = keys();
         let sealed = keys.seal_document(&NodeId([1; 16]), b"doc");
         assert!(keys.open_document(&NodeId([2; 16]), &sealed).is_err());
-        assert_eq!(keys.open_document(&NodeId([1; 16]), &sealed).unwrap(), b"doc");
+        assert_eq!(
+            keys.open_document(&NodeId([1; 16]), &sealed).unwrap(),
+            b"doc"
+        );
     }
 
     #[test]

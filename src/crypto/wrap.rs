@@ -30,6 +30,11 @@ impl Passphrase {
         self.0.as_bytes()
     }
 
+    /// The passphrase text, for comparing two entries of it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -172,9 +177,13 @@ mod tests {
         let master = MasterKey::generate();
         let passphrase = Passphrase::new("correct horse".into());
         let vault_id = VaultId::random();
-        let wrapped =
-            WrappedKey::wrap(&master, vault_id, &passphrase, KdfParams::insecure_for_tests())
-                .unwrap();
+        let wrapped = WrappedKey::wrap(
+            &master,
+            vault_id,
+            &passphrase,
+            KdfParams::insecure_for_tests(),
+        )
+        .unwrap();
         let parsed = WrappedKey::from_bytes(&wrapped.to_bytes()).unwrap();
         let unwrapped = parsed.unwrap_key(&passphrase).unwrap();
         assert_eq!(unwrapped.as_bytes(), master.as_bytes());

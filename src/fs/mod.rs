@@ -29,7 +29,9 @@ pub type SharedStore = Arc<Mutex<Store>>;
 /// store itself consistent (SQLite transactions roll back), so the poison is
 /// ignored.
 pub fn lock_store(store: &SharedStore) -> MutexGuard<'_, Store> {
-    store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    store
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The attributes of a node as `stat` shows them.
@@ -120,7 +122,9 @@ impl FsCore {
     }
 
     fn state(&self) -> MutexGuard<'_, FsState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {
@@ -128,8 +132,16 @@ impl FsCore {
     }
 
     fn to_stored_owner(&self, caller: Caller) -> (u32, u32) {
-        let uid = if caller.uid == self.owner.uid { VAULT_OWNER } else { caller.uid };
-        let gid = if caller.gid == self.owner.gid { VAULT_OWNER } else { caller.gid };
+        let uid = if caller.uid == self.owner.uid {
+            VAULT_OWNER
+        } else {
+            caller.uid
+        };
+        let gid = if caller.gid == self.owner.gid {
+            VAULT_OWNER
+        } else {
+            caller.gid
+        };
         (uid, gid)
     }
 
@@ -151,7 +163,11 @@ impl FsCore {
             mode: doc.mode,
             // NOTE: directories report 2 links whatever their subdirectories;
             // counting them needs each child's kind without decrypting it.
-            nlink: if doc.kind == NodeKind::Directory { 2 } else { 1 },
+            nlink: if doc.kind == NodeKind::Directory {
+                2
+            } else {
+                1
+            },
             uid: shown(doc.uid, self.owner.uid),
             gid: shown(doc.gid, self.owner.gid),
             atime: doc.atime,
@@ -179,7 +195,12 @@ impl FsCore {
         if name.len() > MAX_NAME_BYTES {
             return Err(FsError::NameTooLong);
         }
-        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        if name.is_empty()
+            || name == b"."
+            || name == b".."
+            || name.contains(&b'/')
+            || name.contains(&0)
+        {
             return Err(FsError::InvalidArgument);
         }
         Ok(())
@@ -196,7 +217,9 @@ impl FsCore {
         let state = self.state();
         let store = self.store();
         let directory = Self::directory(&store, parent)?;
-        let row = store.lookup(&directory.id, name)?.ok_or(FsError::NotFound)?;
+        let row = store
+            .lookup(&directory.id, name)?
+            .ok_or(FsError::NotFound)?;
         Ok(self.attr_of(&state, &row))
     }
 
@@ -218,7 +241,15 @@ impl FsCore {
         Ok(self.attr_of(&state, &row))
     }
 
-    fn create_node(&self, parent: u64, name: &[u8], kind: NodeKind, mode: u32, caller: Caller, target: &[u8]) -> FsResult<Attr> {
+    fn create_node(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: NodeKind,
+        mode: u32,
+        caller: Caller,
+        target: &[u8],
+    ) -> FsResult<Attr> {
         Self::check_name(name)?;
         let state = self.state();
         let mut store = self.store();
@@ -259,7 +290,13 @@ impl FsCore {
         self.create_node(parent, name, NodeKind::Directory, mode, caller, b"")
     }
 
-    pub fn symlink(&self, parent: u64, name: &[u8], target: &[u8], caller: Caller) -> FsResult<Attr> {
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        caller: Caller,
+    ) -> FsResult<Attr> {
         if target.is_empty() || target.len() > 4096 {
             return Err(FsError::InvalidArgument);
         }
@@ -276,7 +313,13 @@ impl FsCore {
     }
 
     /// Creates a file and opens it; returns its attributes and handle.
-    pub fn create(&self, parent: u64, name: &[u8], mode: u32, caller: Caller) -> FsResult<(Attr, u64)> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<(Attr, u64)> {
         let attr = self.create_node(parent, name, NodeKind::File, mode, caller, b"")?;
         let handle = self.open(attr.ino)?;
         Ok((attr, handle))
@@ -306,7 +349,9 @@ impl FsCore {
         let _state = self.state();
         let mut store = self.store();
         let directory = Self::directory(&store, parent)?;
-        let row = store.lookup(&directory.id, name)?.ok_or(FsError::NotFound)?;
+        let row = store
+            .lookup(&directory.id, name)?
+            .ok_or(FsError::NotFound)?;
         let is_directory = row.doc.kind == NodeKind::Directory;
         match (directory_expected, is_directory) {
             (true, false) => return Err(FsError::NotDirectory),
@@ -342,7 +387,9 @@ impl FsCore {
         let mut store = self.store();
         let from_directory = Self::directory(&store, parent)?;
         let to_directory = Self::directory(&store, new_parent)?;
-        let source = store.lookup(&from_directory.id, name)?.ok_or(FsError::NotFound)?;
+        let source = store
+            .lookup(&from_directory.id, name)?
+            .ok_or(FsError::NotFound)?;
         let target = store.lookup(&to_directory.id, new_name)?;
 
         if source.doc.kind == NodeKind::Directory {
@@ -382,7 +429,8 @@ impl FsCore {
             }
             (None, false) => vec![(source.id, moved)],
         };
-        let borrowed: Vec<(NodeId, &NodeDoc)> = changes.iter().map(|(id, doc)| (*id, doc)).collect();
+        let borrowed: Vec<(NodeId, &NodeDoc)> =
+            changes.iter().map(|(id, doc)| (*id, doc)).collect();
         store.commit(&borrowed)?;
         drop(store);
         self.changed();
@@ -402,7 +450,11 @@ impl FsCore {
 
     /// Fails with EINVAL when `directory` is `destination` or one of its
     /// ancestors, since moving a directory into itself would cut it off.
-    fn check_not_into_itself(store: &Store, directory: &NodeId, destination: &NodeId) -> FsResult<()> {
+    fn check_not_into_itself(
+        store: &Store,
+        directory: &NodeId,
+        destination: &NodeId,
+    ) -> FsResult<()> {
         let mut current = *destination;
         // The depth bound stops a damaged store with a parent cycle from
         // looping forever.
@@ -463,10 +515,14 @@ impl FsCore {
             if doc.kind != NodeKind::File {
                 return Err(FsError::InvalidArgument);
             }
-            let open = state
-                .open_files
-                .entry(ino)
-                .or_insert_with(|| OpenFile::new(row.id, row.doc.content.clone(), row.doc.mtime, row.remote_revision));
+            let open = state.open_files.entry(ino).or_insert_with(|| {
+                OpenFile::new(
+                    row.id,
+                    row.doc.content.clone(),
+                    row.doc.mtime,
+                    row.remote_revision,
+                )
+            });
             open.truncate(&mut store, size)?;
             open.seal_dirty_blocks(&mut store)?;
             doc.content = open.content.clone();
@@ -513,10 +569,14 @@ impl FsCore {
         }
         drop(store);
 
-        let open = state
-            .open_files
-            .entry(ino)
-            .or_insert_with(|| OpenFile::new(row.id, row.doc.content.clone(), row.doc.mtime, row.remote_revision));
+        let open = state.open_files.entry(ino).or_insert_with(|| {
+            OpenFile::new(
+                row.id,
+                row.doc.content.clone(),
+                row.doc.mtime,
+                row.remote_revision,
+            )
+        });
         open.handles += 1;
         let handle = state.new_handle();
         state.file_handles.insert(handle, ino);
@@ -577,7 +637,10 @@ impl FsCore {
 
     pub fn release(&self, handle: u64) -> FsResult<()> {
         let mut state = self.state();
-        let ino = state.file_handles.remove(&handle).ok_or(FsError::BadHandle)?;
+        let ino = state
+            .file_handles
+            .remove(&handle)
+            .ok_or(FsError::BadHandle)?;
         let mut store = self.store();
         let Some(open) = state.open_files.get_mut(&ino) else {
             return Ok(());
@@ -632,7 +695,9 @@ impl FsCore {
         }
 
         let now = Timestamp::now();
-        if current.doc.is_deleted() || (remote_changed && current.doc.content != open.committed_content) {
+        if current.doc.is_deleted()
+            || (remote_changed && current.doc.content != open.committed_content)
+        {
             Self::commit_conflict_copy(store, open, &current)?;
         } else {
             let mut doc = current.doc.clone();
@@ -650,12 +715,23 @@ impl FsCore {
         Ok(true)
     }
 
-    fn commit_conflict_copy(store: &mut Store, open: &mut OpenFile, current: &NodeRow) -> FsResult<()> {
+    fn commit_conflict_copy(
+        store: &mut Store,
+        open: &mut OpenFile,
+        current: &NodeRow,
+    ) -> FsResult<()> {
         let device = store.device_label()?;
         let mut copy = if current.doc.is_deleted() {
             // Deleted remotely while open: the edit wins, in the root if the
             // old place is unknown.
-            let mut doc = NodeDoc::new(NodeKind::File, NodeId::ROOT, b"recovered", 0o644, VAULT_OWNER, VAULT_OWNER);
+            let mut doc = NodeDoc::new(
+                NodeKind::File,
+                NodeId::ROOT,
+                b"recovered",
+                0o644,
+                VAULT_OWNER,
+                VAULT_OWNER,
+            );
             doc.content = open.content.clone();
             doc
         } else {
@@ -667,7 +743,9 @@ impl FsCore {
         copy.mtime = open.mtime;
         copy.ctime = Timestamp::now();
         let copy_id = NodeId::random();
-        log::warn!("an open file changed on another device; the local version was kept as a conflict copy");
+        log::warn!(
+            "an open file changed on another device; the local version was kept as a conflict copy"
+        );
         store.commit(&[(copy_id, &copy)])?;
         // NOTE: later writes through the same handle go to the conflict copy's
         // node id, while the kernel still shows the original inode for it.
@@ -688,8 +766,16 @@ impl FsCore {
         };
 
         let mut entries = vec![
-            DirEntry { ino, kind: NodeKind::Directory, name: b".".to_vec() },
-            DirEntry { ino: parent_ino, kind: NodeKind::Directory, name: b"..".to_vec() },
+            DirEntry {
+                ino,
+                kind: NodeKind::Directory,
+                name: b".".to_vec(),
+            },
+            DirEntry {
+                ino: parent_ino,
+                kind: NodeKind::Directory,
+                name: b"..".to_vec(),
+            },
         ];
         for child in store.children(&directory.id)? {
             entries.push(DirEntry {
@@ -708,7 +794,10 @@ impl FsCore {
     /// the next call is its index plus one.
     pub fn readdir(&self, handle: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
         let state = self.state();
-        let entries = state.directory_handles.get(&handle).ok_or(FsError::BadHandle)?;
+        let entries = state
+            .directory_handles
+            .get(&handle)
+            .ok_or(FsError::BadHandle)?;
         Ok(entries.iter().skip(offset as usize).cloned().collect())
     }
 

@@ -106,7 +106,8 @@ impl OpenFile {
             let block_start = index * block_size;
             let from = (position - block_start) as usize;
             let to = ((end - block_start).min(block_size)) as usize;
-            let source = &data[(position - offset) as usize..(block_start + to as u64 - offset) as usize];
+            let source =
+                &data[(position - offset) as usize..(block_start + to as u64 - offset) as usize];
 
             let mut buffer = match self.dirty_blocks.remove(&index) {
                 Some(buffer) => buffer,

@@ -65,16 +65,22 @@ impl Store {
     pub fn sealed_block(&self, id: &BlockId) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .connection
-            .query_row("SELECT data FROM blocks WHERE id = ?1", [id.0.as_slice()], |row| {
-                row.get(0)
-            })
+            .query_row(
+                "SELECT data FROM blocks WHERE id = ?1",
+                [id.0.as_slice()],
+                |row| row.get(0),
+            )
             .optional()?)
     }
 
     pub fn has_block(&self, id: &BlockId) -> Result<bool, StoreError> {
         Ok(self
             .connection
-            .query_row("SELECT 1 FROM blocks WHERE id = ?1", [id.0.as_slice()], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM blocks WHERE id = ?1",
+                [id.0.as_slice()],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some())
     }

@@ -88,7 +88,10 @@ mod tests {
             block_size: 65536,
             blocks: vec![BlockId([block; 32])],
         };
-        doc.mtime = Timestamp { seconds: block as i64, nanos: 0 };
+        doc.mtime = Timestamp {
+            seconds: block as i64,
+            nanos: 0,
+        };
         doc.atime = Timestamp::default();
         doc.ctime = Timestamp::default();
         doc
@@ -127,7 +130,10 @@ mod tests {
 
         let merged = merge(Some(&base), &local, &remote);
         assert_eq!(merged.doc.content, remote.content);
-        assert_eq!(merged.conflict_copy.map(|copy| copy.content), Some(local.content));
+        assert_eq!(
+            merged.conflict_copy.map(|copy| copy.content),
+            Some(local.content)
+        );
     }
 
     #[test]

@@ -25,7 +25,8 @@ use crate::crypto::{CryptoError, KdfParams, MasterKey, NodeId, Passphrase, Vault
 pub use node::{Content, DEFAULT_BLOCK_SIZE, NodeDoc, NodeKind, Timestamp, VAULT_OWNER};
 pub use schema::SCHEMA_VERSION;
 pub use sync_state::{
-    AppliedChange, PendingDocument, RemoteDocument, StoreSummary, conflict_name, summarize,
+    AppliedChange, PendingDocument, RemoteDocument, StoreSummary, conflict_name, format_utc,
+    summarize,
 };
 
 const DATABASE_FILE: &str = "store.db";
@@ -37,7 +38,9 @@ pub const ROOT_INO: u64 = 1;
 /// Failures of the local store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("no syn store at {0}: create one with `syn init --store {0}` or `syn join --store {0}`")]
+    #[error(
+        "no syn store at {0}: create one with `syn init --store {0}` or `syn join --store {0}`"
+    )]
     Missing(PathBuf),
 
     #[error("a syn store already exists at {0}: choose another --store directory")]
@@ -190,7 +193,14 @@ impl Store {
 
     fn write_initial_meta(&mut self, new: &NewStore<'_>) -> Result<(), StoreError> {
         let transaction = self.connection.transaction()?;
-        let root = NodeDoc::new(NodeKind::Directory, NodeId::ROOT, b"", 0o755, VAULT_OWNER, VAULT_OWNER);
+        let root = NodeDoc::new(
+            NodeKind::Directory,
+            NodeId::ROOT,
+            b"",
+            0o755,
+            VAULT_OWNER,
+            VAULT_OWNER,
+        );
         let sealed_root = self.keys.seal_document(&NodeId::ROOT, &root.to_bytes());
         transaction.execute(
             "INSERT INTO nodes (id, ino, document) VALUES (?1, ?2, ?3)",
@@ -203,7 +213,8 @@ impl Store {
             ("next_ino", (ROOT_INO + 1).to_le_bytes().to_vec()),
             (
                 "device_label",
-                self.keys.seal_local("device_label", new.device_label.as_bytes()),
+                self.keys
+                    .seal_local("device_label", new.device_label.as_bytes()),
             ),
             ("cursor", 0u64.to_le_bytes().to_vec()),
         ];
@@ -229,7 +240,9 @@ impl Store {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .connection
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0))
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
             .optional()?)
     }
 
@@ -270,7 +283,13 @@ impl Store {
         Ok(wrapped.kdf.is_below_floor())
     }
 
-    fn open_row(&self, id: NodeId, ino: i64, sealed: &[u8], revision: i64) -> Result<NodeRow, StoreError> {
+    fn open_row(
+        &self,
+        id: NodeId,
+        ino: i64,
+        sealed: &[u8],
+        revision: i64,
+    ) -> Result<NodeRow, StoreError> {
         let plaintext = self.keys.open_document(&id, sealed)?;
         let doc = NodeDoc::from_bytes(&plaintext).ok_or_else(|| StoreError::Corrupt {
             path: self.dir.clone(),
@@ -284,10 +303,13 @@ impl Store {
         })
     }
 
-    fn query_row_by(&self, column: &str, value: &dyn rusqlite::ToSql) -> Result<Option<NodeRow>, StoreError> {
-        let sql = format!(
-            "SELECT id, ino, document, remote_revision FROM nodes WHERE {column} = ?1"
-        );
+    fn query_row_by(
+        &self,
+        column: &str,
+        value: &dyn rusqlite::ToSql,
+    ) -> Result<Option<NodeRow>, StoreError> {
+        let sql =
+            format!("SELECT id, ino, document, remote_revision FROM nodes WHERE {column} = ?1");
         let found: Option<(Vec<u8>, i64, Vec<u8>, i64)> = self
             .connection
             .query_row(&sql, [value], |row| {
@@ -319,9 +341,11 @@ impl Store {
     pub fn ino_of(&self, id: &NodeId) -> Result<Option<u64>, StoreError> {
         Ok(self
             .connection
-            .query_row("SELECT ino FROM nodes WHERE id = ?1", [id.0.as_slice()], |row| {
-                row.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT ino FROM nodes WHERE id = ?1",
+                [id.0.as_slice()],
+                |row| row.get::<_, i64>(0),
+            )
             .optional()?
             .map(|ino| ino as u64))
     }
@@ -427,7 +451,11 @@ fn write_node(
     };
 
     let existing: Option<i64> = transaction
-        .query_row("SELECT ino FROM nodes WHERE id = ?1", [id.0.as_slice()], |row| row.get(0))
+        .query_row(
+            "SELECT ino FROM nodes WHERE id = ?1",
+            [id.0.as_slice()],
+            |row| row.get(0),
+        )
         .optional()?;
     if let Some(ino) = existing {
         transaction.execute(
@@ -447,7 +475,9 @@ fn write_node(
 
 fn allocate_ino(transaction: &rusqlite::Transaction<'_>) -> Result<u64, StoreError> {
     let bytes: Vec<u8> =
-        transaction.query_row("SELECT value FROM meta WHERE key = 'next_ino'", [], |row| row.get(0))?;
+        transaction.query_row("SELECT value FROM meta WHERE key = 'next_ino'", [], |row| {
+            row.get(0)
+        })?;
     let next = u64::from_le_bytes(bytes.as_slice().try_into().unwrap_or([0; 8])).max(ROOT_INO + 1);
     transaction.execute(
         "UPDATE meta SET value = ?1 WHERE key = 'next_ino'",
@@ -501,7 +531,11 @@ fn open_existing(dir: &Path) -> Result<Connection, StoreError> {
 
 fn read_wrapped_key(connection: &Connection, dir: &Path) -> Result<WrappedKey, StoreError> {
     let bytes: Option<Vec<u8>> = connection
-        .query_row("SELECT value FROM meta WHERE key = 'wrapped_key'", [], |row| row.get(0))
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'wrapped_key'",
+            [],
+            |row| row.get(0),
+        )
         .optional()?;
     let bytes = bytes.ok_or_else(|| StoreError::Corrupt {
         path: dir.to_path_buf(),

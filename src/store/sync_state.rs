@@ -63,7 +63,9 @@ fn unix_now() -> u64 {
 
 fn meta_u64(connection: &Connection, key: &str) -> Result<Option<u64>, StoreError> {
     let bytes: Option<Vec<u8>> = connection
-        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0))
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+            row.get(0)
+        })
         .optional()?;
     Ok(bytes.and_then(|bytes| Some(u64::from_le_bytes(bytes.as_slice().try_into().ok()?))))
 }
@@ -85,12 +87,22 @@ pub fn summarize(dir: &Path) -> Result<StoreSummary, StoreError> {
     }
     let connection = Connection::open_with_flags(&database, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let pending: i64 =
-        connection.query_row("SELECT count(DISTINCT node) FROM changes", [], |row| row.get(0))?;
+        connection.query_row("SELECT count(DISTINCT node) FROM changes", [], |row| {
+            row.get(0)
+        })?;
     let last_error: Option<Vec<u8>> = connection
-        .query_row("SELECT value FROM meta WHERE key = 'last_error'", [], |row| row.get(0))
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'last_error'",
+            [],
+            |row| row.get(0),
+        )
         .optional()?;
     let server_url: Option<Vec<u8>> = connection
-        .query_row("SELECT value FROM meta WHERE key = 'server_url'", [], |row| row.get(0))
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'server_url'",
+            [],
+            |row| row.get(0),
+        )
         .optional()?;
     Ok(StoreSummary {
         pending_changes: pending as u64,
@@ -105,7 +117,10 @@ pub fn summarize(dir: &Path) -> Result<StoreSummary, StoreError> {
 /// The name of a conflict copy: `stem (conflict DEVICE DATE).ext`, cut to
 /// fit 255 bytes.
 pub fn conflict_name(name: &[u8], device: &str, unix_seconds: u64) -> Vec<u8> {
-    let dot = name.iter().rposition(|&byte| byte == b'.').filter(|&at| at > 0);
+    let dot = name
+        .iter()
+        .rposition(|&byte| byte == b'.')
+        .filter(|&at| at > 0);
     let (stem, extension) = match dot {
         Some(at) => name.split_at(at),
         None => (name, &b""[..]),
@@ -120,18 +135,23 @@ pub fn conflict_name(name: &[u8], device: &str, unix_seconds: u64) -> Vec<u8> {
 }
 
 /// Formats a Unix time as `YYYY-MM-DD HHMMSS` in UTC.
-fn format_utc(unix_seconds: u64) -> String {
+pub fn format_utc(unix_seconds: u64) -> String {
     let days = (unix_seconds / 86_400) as i64;
     let seconds_of_day = unix_seconds % 86_400;
     // Civil-from-days conversion for the proleptic Gregorian calendar.
     let shifted = days + 719_468;
     let era = shifted.div_euclid(146_097);
     let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     format!(
         "{year:04}-{month:02}-{day:02} {:02}{:02}{:02}",
@@ -179,11 +199,11 @@ impl Store {
     }
 
     pub fn pending_count(&self) -> Result<u64, StoreError> {
-        let count: i64 = self.connection.query_row(
-            "SELECT count(DISTINCT node) FROM changes",
-            [],
-            |row| row.get(0),
-        )?;
+        let count: i64 =
+            self.connection
+                .query_row("SELECT count(DISTINCT node) FROM changes", [], |row| {
+                    row.get(0)
+                })?;
         Ok(count as u64)
     }
 
@@ -334,7 +354,11 @@ impl ApplyContext<'_> {
         };
         let dirty = self
             .transaction
-            .query_row("SELECT 1 FROM changes WHERE node = ?1 LIMIT 1", [id.0.as_slice()], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM changes WHERE node = ?1 LIMIT 1",
+                [id.0.as_slice()],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some();
         let base = match base {
@@ -353,9 +377,11 @@ impl ApplyContext<'_> {
     fn ino_of(&self, id: &NodeId) -> Result<Option<u64>, StoreError> {
         Ok(self
             .transaction
-            .query_row("SELECT ino FROM nodes WHERE id = ?1", [id.0.as_slice()], |row| {
-                row.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT ino FROM nodes WHERE id = ?1",
+                [id.0.as_slice()],
+                |row| row.get::<_, i64>(0),
+            )
             .optional()?
             .map(|ino| ino as u64))
     }
@@ -364,7 +390,9 @@ impl ApplyContext<'_> {
         if doc.is_deleted() {
             return Ok(None);
         }
-        Ok(self.ino_of(&doc.parent)?.map(|parent| (parent, doc.name.clone())))
+        Ok(self
+            .ino_of(&doc.parent)?
+            .map(|parent| (parent, doc.name.clone())))
     }
 
     fn log_change(&self, id: &NodeId) -> Result<(), StoreError> {
@@ -422,8 +450,10 @@ impl ApplyContext<'_> {
                 self.log_change(&document.id)?;
             }
         } else {
-            self.transaction
-                .execute("DELETE FROM changes WHERE node = ?1", [document.id.0.as_slice()])?;
+            self.transaction.execute(
+                "DELETE FROM changes WHERE node = ?1",
+                [document.id.0.as_slice()],
+            )?;
         }
         entries.extend(self.entry_of(&doc)?);
         Ok(Some(AppliedChange {
@@ -435,7 +465,11 @@ impl ApplyContext<'_> {
     /// Makes room for `doc` at its name: when another node holds the name,
     /// the node with the higher id gets a conflict name, so every device picks
     /// the same one. Returns true when `doc` itself was renamed.
-    fn place_without_collision(&mut self, id: &NodeId, doc: &mut NodeDoc) -> Result<bool, StoreError> {
+    fn place_without_collision(
+        &mut self,
+        id: &NodeId,
+        doc: &mut NodeDoc,
+    ) -> Result<bool, StoreError> {
         if doc.is_deleted() || matches!(doc.kind, NodeKind::Deleted) {
             return Ok(false);
         }
@@ -486,7 +520,10 @@ mod tests {
     #[test]
     fn conflict_name_of_dotfile_has_no_extension() {
         let name = conflict_name(b".bashrc", "pc", 0);
-        assert_eq!(String::from_utf8(name).unwrap(), ".bashrc (conflict pc 1970-01-01 000000)");
+        assert_eq!(
+            String::from_utf8(name).unwrap(),
+            ".bashrc (conflict pc 1970-01-01 000000)"
+        );
     }
 
     #[test]

@@ -96,7 +96,10 @@ fn write_id(document: &PendingDocument) -> String {
     hasher.update(&document.generation.to_le_bytes());
     hasher.update(&document.sealed);
     let hash = hasher.finalize();
-    hash.as_bytes()[..16].iter().map(|byte| format!("{byte:02x}")).collect()
+    hash.as_bytes()[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 fn parse_document(document: &Document) -> Result<Option<RemoteDocument>, SyncError> {
@@ -105,9 +108,9 @@ fn parse_document(document: &Document) -> Result<Option<RemoteDocument>, SyncErr
     if document.data.is_empty() {
         return Ok(None);
     }
-    let sealed = BASE64
-        .decode(&document.data)
-        .map_err(|_| SyncError::Protocol(format!("document {} is not valid base64", document.id)))?;
+    let sealed = BASE64.decode(&document.data).map_err(|_| {
+        SyncError::Protocol(format!("document {} is not valid base64", document.id))
+    })?;
     Ok(Some(RemoteDocument {
         id,
         generation: document.generation,
@@ -151,7 +154,10 @@ impl Engine {
     /// Waits up to `wait_seconds` for remote changes and applies one page.
     pub async fn long_poll(&self, wait_seconds: u64) -> Result<usize, SyncError> {
         let cursor = with_store(&self.store, |store| store.cursor()).await?;
-        let page = self.client.changes(cursor, PULL_PAGE_DOCUMENTS, wait_seconds).await?;
+        let page = self
+            .client
+            .changes(cursor, PULL_PAGE_DOCUMENTS, wait_seconds)
+            .await?;
         self.apply_page(page.documents, page.cursor).await
     }
 
@@ -167,8 +173,10 @@ impl Engine {
         let mut pushed = 0;
         let mut conflict_rounds = 0;
         loop {
-            let pending =
-                with_store(&self.store, |store| store.pending_documents(PUSH_BATCH_DOCUMENTS)).await?;
+            let pending = with_store(&self.store, |store| {
+                store.pending_documents(PUSH_BATCH_DOCUMENTS)
+            })
+            .await?;
             if pending.is_empty() {
                 return Ok(pushed);
             }
@@ -270,7 +278,8 @@ impl Engine {
             .flat_map(|document| document.blocks.iter().copied())
             .filter(|id| seen.insert(*id))
             .collect();
-        let not_uploaded = with_store(&self.store, move |store| store.blocks_not_uploaded(&ids)).await?;
+        let not_uploaded =
+            with_store(&self.store, move |store| store.blocks_not_uploaded(&ids)).await?;
         if not_uploaded.is_empty() {
             return Ok(());
         }
@@ -303,18 +312,27 @@ impl Engine {
 
     async fn fetch_blocks(&self, documents: &[RemoteDocument]) -> Result<(), SyncError> {
         let documents = documents.to_vec();
-        let missing = with_store(&self.store, move |store| store.missing_blocks(&documents)).await?;
+        let missing =
+            with_store(&self.store, move |store| store.missing_blocks(&documents)).await?;
         for chunk in missing.chunks(PARALLEL_BLOBS) {
             let mut downloads = tokio::task::JoinSet::new();
             for id in chunk {
                 let client = self.client.clone();
                 let id = *id;
-                downloads.spawn(async move { client.get_blob(&id.to_hex()).await.map(|sealed| (id, sealed)) });
+                downloads.spawn(async move {
+                    client
+                        .get_blob(&id.to_hex())
+                        .await
+                        .map(|sealed| (id, sealed))
+                });
             }
             while let Some(result) = downloads.join_next().await {
                 let (id, sealed) = result.map_err(|error| SyncError::Task(error.to_string()))??;
                 // Opening the block checks it against its id before it is kept.
-                with_store(&self.store, move |store| store.insert_fetched_block(&id, &sealed)).await?;
+                with_store(&self.store, move |store| {
+                    store.insert_fetched_block(&id, &sealed)
+                })
+                .await?;
             }
         }
         Ok(())
@@ -327,7 +345,10 @@ impl Engine {
         }
         self.fetch_blocks(&remote).await?;
         let count = remote.len();
-        let applied = with_store(&self.store, move |store| store.apply_remote(&remote, cursor)).await?;
+        let applied = with_store(&self.store, move |store| {
+            store.apply_remote(&remote, cursor)
+        })
+        .await?;
         self.notify_kernel(&applied);
         Ok(count)
     }

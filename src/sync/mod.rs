@@ -13,7 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc, oneshot};
+use std::sync::mpsc as std_mpsc;
+
+use tokio::sync::{Notify, mpsc};
 
 pub use engine::{Engine, Invalidate, RoundReport, SyncError};
 
@@ -57,11 +59,11 @@ fn unix_now() -> u64 {
 
 enum Command {
     /// Run a round now and send its outcome back.
-    SyncNow(oneshot::Sender<Result<RoundReport, String>>),
+    SyncNow(std_mpsc::Sender<Result<RoundReport, String>>),
     /// Push what is pending within the timeout, then stop the loop.
     Stop {
         timeout: Duration,
-        done: oneshot::Sender<Result<(), String>>,
+        done: std_mpsc::Sender<Result<(), String>>,
     },
 }
 
@@ -114,25 +116,32 @@ impl SyncHandle {
         lock(&self.status).clone()
     }
 
-    /// Runs a round now and waits for its outcome.
-    pub fn sync_now(&self) -> Result<RoundReport, String> {
-        let (reply, outcome) = oneshot::channel();
+    /// Runs a round now and waits at most `timeout` for its outcome.
+    pub fn sync_now(&self, timeout: Duration) -> Result<RoundReport, String> {
+        let (reply, outcome) = std_mpsc::channel();
         self.commands
             .send(Command::SyncNow(reply))
             .map_err(|_| "the sync task has stopped".to_string())?;
-        outcome
-            .blocking_recv()
-            .map_err(|_| "the sync task stopped before it answered".to_string())?
+        match outcome.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(format!(
+                "sync did not finish within {} s; pending changes stay queued",
+                timeout.as_secs()
+            )),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                Err("the sync task stopped before it answered".into())
+            }
+        }
     }
 
     /// Pushes what is pending, waiting at most `timeout`, and stops the
     /// thread. Changes that could not be pushed stay in the change log.
     pub fn stop(mut self, timeout: Duration) -> Result<(), String> {
-        let (done, outcome) = oneshot::channel();
+        let (done, outcome) = std_mpsc::channel();
         let sent = self.commands.send(Command::Stop { timeout, done }).is_ok();
         let result = if sent {
             outcome
-                .blocking_recv()
+                .recv()
                 .unwrap_or_else(|_| Err("the sync task stopped before it answered".into()))
         } else {
             Ok(())
@@ -145,7 +154,9 @@ impl SyncHandle {
 }
 
 fn lock(status: &Mutex<SyncStatus>) -> MutexGuard<'_, SyncStatus> {
-    status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    status
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 struct SyncLoop {
@@ -185,7 +196,7 @@ impl SyncLoop {
 
             match event {
                 Event::Wake | Event::BackoffOver => round_due = true,
-                Event::Polled(Ok(0)) => {}
+                Event::Polled(Ok(0)) => failures = self.record(Ok(()), failures).await,
                 Event::Polled(Ok(count)) => {
                     log::info!("pulled {count} remote changes");
                     round_due = true;
