@@ -1,0 +1,344 @@
+//! Shared harness of the integration tests: a real `syn serve` on a loopback
+//! port chosen by the OS, and devices with real FUSE mounts in unique
+//! temporary directories, unmounted on drop even when a test fails.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Deadline of every wait for a condition.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub const PASSPHRASE: &str = "integration test passphrase";
+
+/// A `syn` command with the test passphrase in its environment.
+pub fn syn() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_syn"));
+    command
+        .env("SYN_PASSPHRASE", PASSPHRASE)
+        .env_remove("SYN_LOG");
+    command
+}
+
+/// Runs a command and returns its output, panicking with both streams when
+/// it fails.
+pub fn run_ok(command: &mut Command) -> Output {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run syn");
+    assert!(
+        output.status.success(),
+        "{command:?} failed with {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Polls `condition` every 20 ms until it holds, or panics after
+/// [`DEADLINE`] naming what it waited for.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("syn-test-")
+        .tempdir()
+        .expect("cannot create a temp dir")
+}
+
+/// A running `syn serve`, killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub data: PathBuf,
+    pub url: String,
+    listen: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let dir = temp_dir();
+        let data = dir.path().join("server");
+        let mut server = Server {
+            child: None,
+            data,
+            url: String::new(),
+            listen: "127.0.0.1:0".into(),
+            _dir: Some(dir),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut child = syn()
+            .args(["serve", "--data"])
+            .arg(&self.data)
+            .args(["--listen", &self.listen])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start syn serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("cannot read the server's address");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from syn serve: {line:?}"))
+            .to_string();
+        self.listen = url.trim_start_matches("http://").to_string();
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    pub fn add_account(&self, name: &str) -> String {
+        let output = run_ok(
+            syn()
+                .args(["serve", "--data"])
+                .arg(&self.data)
+                .args(["add-account", name]),
+        );
+        String::from_utf8(output.stdout)
+            .expect("token is text")
+            .trim()
+            .to_string()
+    }
+
+    /// Stops the server as a crash would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same address.
+    pub fn restart(&mut self) {
+        self.stop();
+        let start = Instant::now();
+        loop {
+            // The port may linger for a moment after the kill.
+            if std::net::TcpListener::bind(&self.listen).is_ok() {
+                break;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "port {} stayed busy",
+                self.listen
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One device: a store and a mount point in a temp dir of its own.
+pub struct Device {
+    pub store: PathBuf,
+    pub mountpoint: PathBuf,
+    mounted: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl Device {
+    fn new() -> Device {
+        let dir = temp_dir();
+        let store = dir.path().join("store");
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).expect("cannot create the mount point");
+        Device {
+            store,
+            mountpoint,
+            mounted: false,
+            _dir: dir,
+        }
+    }
+
+    /// A device with a new vault and no server.
+    pub fn local() -> Device {
+        let device = Device::new();
+        run_ok(
+            syn()
+                .args([
+                    "init",
+                    "--insecure-test-kdf",
+                    "--device-name",
+                    "local",
+                    "--store",
+                ])
+                .arg(&device.store),
+        );
+        device
+    }
+
+    /// The first device of a vault on `server`.
+    pub fn create(server: &Server, token: &str, name: &str) -> Device {
+        let device = Device::new();
+        run_ok(
+            syn()
+                .args([
+                    "init",
+                    "--insecure-test-kdf",
+                    "--device-name",
+                    name,
+                    "--server",
+                    &server.url,
+                    "--token",
+                    token,
+                ])
+                .arg("--store")
+                .arg(&device.store),
+        );
+        device
+    }
+
+    /// Another device of the vault on `server`.
+    pub fn join(server: &Server, token: &str, name: &str) -> Device {
+        let device = Device::new();
+        run_ok(
+            syn()
+                .args([
+                    "join",
+                    "--device-name",
+                    name,
+                    "--server",
+                    &server.url,
+                    "--token",
+                    token,
+                ])
+                .arg("--store")
+                .arg(&device.store),
+        );
+        device
+    }
+
+    pub fn mount(&mut self) {
+        run_ok(
+            syn()
+                .arg("mount")
+                .arg("--store")
+                .arg(&self.store)
+                .arg(&self.mountpoint),
+        );
+        self.mounted = true;
+    }
+
+    pub fn unmount(&mut self) {
+        run_ok(syn().arg("unmount").arg(&self.mountpoint));
+        self.mounted = false;
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.mountpoint.join(relative)
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let output = run_ok(syn().args(["status", "--json", "--store"]).arg(&self.store));
+        serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
+    }
+
+    /// Runs `syn sync` and returns its output without asserting success.
+    pub fn sync(&self) -> Output {
+        syn()
+            .args(["sync", "--timeout", "20", "--store"])
+            .arg(&self.store)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run syn sync")
+    }
+
+    /// Unmounts whatever a failed test left: the daemon first, then a lazy
+    /// kernel unmount, then an abort of a wedged FUSE connection.
+    fn force_unmount(&self) {
+        let _ = syn()
+            .args(["unmount", "--timeout", "2"])
+            .arg(&self.mountpoint)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if is_mounted(&self.mountpoint) {
+            abort_connection(&self.mountpoint);
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.mountpoint)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if self.mounted || is_mounted(&self.mountpoint) {
+            self.force_unmount();
+        }
+    }
+}
+
+fn mount_line(mountpoint: &Path) -> Option<String> {
+    let resolved = mountpoint.canonicalize().ok()?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let wanted = resolved.to_string_lossy().replace(' ', "\\040");
+    text.lines()
+        .filter(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
+        .last()
+        .map(str::to_string)
+}
+
+pub fn is_mounted(mountpoint: &Path) -> bool {
+    mount_line(mountpoint).is_some()
+}
+
+/// Aborts the FUSE connection of a wedged mount, so nothing hangs on it.
+fn abort_connection(mountpoint: &Path) {
+    let Some(line) = mount_line(mountpoint) else {
+        return;
+    };
+    let Some(device) = line.split(' ').nth(2) else {
+        return;
+    };
+    if let Some(minor) = device.split(':').nth(1) {
+        let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+    }
+}
+
+/// Reads a file, or `None` if it does not exist (yet).
+pub fn read_if_exists(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so tests need no crate for it.
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.max(1);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -1,0 +1,276 @@
+//! Two devices of one vault, each with a real mount, converging through a
+//! real server on loopback.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use common::{Device, Server, read_if_exists, wait_until};
+
+fn two_devices() -> (Server, Device, Device) {
+    let server = Server::start();
+    let token = server.add_account("alice");
+    let mut a = Device::create(&server, &token, "A");
+    let mut b = Device::join(&server, &token, "B");
+    a.mount();
+    b.mount();
+    (server, a, b)
+}
+
+#[test]
+fn each_kind_of_change_reaches_the_other_device() {
+    let (_server, a, b) = two_devices();
+
+    fs::write(a.path("created.txt"), b"first version").unwrap();
+    wait_until("the new file on B", || {
+        read_if_exists(&b.path("created.txt")).as_deref() == Some(b"first version")
+    });
+
+    fs::write(a.path("created.txt"), b"second, longer version").unwrap();
+    wait_until("the rewrite on B", || {
+        read_if_exists(&b.path("created.txt")).as_deref() == Some(b"second, longer version")
+    });
+
+    fs::OpenOptions::new()
+        .write(true)
+        .open(a.path("created.txt"))
+        .unwrap()
+        .set_len(6)
+        .unwrap();
+    wait_until("the truncation on B", || {
+        read_if_exists(&b.path("created.txt")).as_deref() == Some(b"second")
+    });
+
+    fs::create_dir(a.path("folder")).unwrap();
+    wait_until("the directory on B", || b.path("folder").is_dir());
+
+    fs::rename(a.path("created.txt"), a.path("folder/moved.txt")).unwrap();
+    wait_until("the rename on B", || {
+        !b.path("created.txt").exists()
+            && read_if_exists(&b.path("folder/moved.txt")).as_deref() == Some(b"second")
+    });
+
+    fs::set_permissions(
+        a.path("folder/moved.txt"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    wait_until("the chmod on B", || {
+        fs::metadata(b.path("folder/moved.txt"))
+            .map(|meta| meta.permissions().mode() & 0o777)
+            .ok()
+            == Some(0o600)
+    });
+
+    std::os::unix::fs::symlink("folder/moved.txt", a.path("link")).unwrap();
+    wait_until("the symlink on B", || {
+        fs::read_link(b.path("link")).ok() == Some("folder/moved.txt".into())
+    });
+
+    fs::remove_file(a.path("folder/moved.txt")).unwrap();
+    wait_until("the deletion on B", || !b.path("folder/moved.txt").exists());
+
+    fs::remove_dir(a.path("folder")).unwrap();
+    wait_until("the rmdir on B", || !b.path("folder").exists());
+
+    fs::write(b.path("from-b.txt"), b"the other way round").unwrap();
+    wait_until("B's file on A", || {
+        read_if_exists(&a.path("from-b.txt")).as_deref() == Some(b"the other way round")
+    });
+}
+
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn last_error(device: &Device) -> Option<String> {
+    device.status_json()["sync"]["last_error"]["message"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[test]
+fn offline_edits_converge_when_the_server_returns() {
+    let (mut server, a, b) = two_devices();
+    fs::write(a.path("before.txt"), b"synced while online").unwrap();
+    wait_until("the first file on B", || b.path("before.txt").exists());
+
+    server.stop();
+    fs::write(a.path("offline-a.txt"), b"written on A offline").unwrap();
+    fs::write(b.path("offline-b.txt"), b"written on B offline").unwrap();
+    fs::remove_file(b.path("before.txt")).unwrap();
+    assert_eq!(
+        fs::read(a.path("offline-a.txt")).unwrap(),
+        b"written on A offline",
+        "A's mount works offline"
+    );
+
+    wait_until("A to report the unreachable server", || {
+        last_error(&a).is_some()
+    });
+    let message = last_error(&a).unwrap();
+    assert!(
+        message.contains("127.0.0.1"),
+        "the error names the server: {message}"
+    );
+    assert!(
+        a.status_json()["pending_changes"].as_u64().unwrap() >= 1,
+        "A counts its pending change"
+    );
+
+    server.restart();
+    wait_until("A's offline file on B", || {
+        read_if_exists(&b.path("offline-a.txt")).as_deref() == Some(b"written on A offline")
+    });
+    wait_until("B's offline file on A", || {
+        read_if_exists(&a.path("offline-b.txt")).as_deref() == Some(b"written on B offline")
+    });
+    wait_until("B's offline deletion on A", || {
+        !a.path("before.txt").exists()
+    });
+    wait_until("the error to clear on A", || last_error(&a).is_none());
+    wait_until("A to have nothing pending", || {
+        a.status_json()["pending_changes"].as_u64() == Some(0)
+    });
+}
+
+#[test]
+fn concurrent_edits_keep_both_versions() {
+    let (mut server, a, b) = two_devices();
+    fs::write(a.path("shared.txt"), b"base").unwrap();
+    wait_until("the base on B", || {
+        read_if_exists(&b.path("shared.txt")).as_deref() == Some(b"base")
+    });
+
+    server.stop();
+    fs::write(a.path("shared.txt"), b"edited on A").unwrap();
+    fs::write(b.path("shared.txt"), b"edited on B").unwrap();
+    server.restart();
+
+    for device in [&a, &b] {
+        wait_until("two versions on each device", || {
+            names_in(&device.mountpoint).len() == 2
+        });
+        let names = names_in(&device.mountpoint);
+        assert!(
+            names.contains(&"shared.txt".to_string()),
+            "the original name stays: {names:?}"
+        );
+        let copy = names
+            .iter()
+            .find(|name| name.contains("(conflict "))
+            .expect("a conflict copy exists");
+        assert!(
+            copy.starts_with("shared (conflict ") && copy.ends_with(".txt"),
+            "conflict copy name: {copy}"
+        );
+        let mut contents: Vec<Vec<u8>> = names
+            .iter()
+            .map(|name| fs::read(device.path(name)).unwrap())
+            .collect();
+        contents.sort();
+        assert_eq!(
+            contents,
+            vec![b"edited on A".to_vec(), b"edited on B".to_vec()],
+            "both edits survive"
+        );
+    }
+    assert!(
+        a.status_json()["conflicts"].as_u64().unwrap()
+            + b.status_json()["conflicts"].as_u64().unwrap()
+            >= 1
+    );
+}
+
+#[test]
+fn status_reports_an_unreachable_server() {
+    let server = Server::start();
+    let token = server.add_account("alice");
+    let mut a = Device::create(&server, &token, "A");
+    drop(server);
+    a.mount();
+    fs::write(a.path("queued.txt"), b"waits for the server").unwrap();
+    wait_until("the daemon to report the failure", || {
+        last_error(&a).is_some()
+    });
+    let status = a.status_json();
+    let message = status["sync"]["last_error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("could not reach the server"),
+        "message: {message}"
+    );
+    assert_eq!(status["running"], serde_json::json!(true));
+
+    let sync = a.sync();
+    assert!(
+        !sync.status.success(),
+        "syn sync fails while the server is down"
+    );
+    let stderr = String::from_utf8_lossy(&sync.stderr);
+    assert!(stderr.contains("sync failed"), "stderr: {stderr}");
+}
+
+#[test]
+fn nothing_is_stored_in_plain_text() {
+    const MARKER: &str = "PlainTextMarker7f3a";
+    let (server, mut a, mut b) = two_devices();
+    fs::create_dir(a.path(&format!("{MARKER}-directory"))).unwrap();
+    let content = format!("{MARKER} inside the content, {MARKER} again\n").repeat(100);
+    fs::write(
+        a.path(&format!("{MARKER}-directory/{MARKER}-file.txt")),
+        &content,
+    )
+    .unwrap();
+    wait_until("the file on B", || {
+        read_if_exists(&b.path(&format!("{MARKER}-directory/{MARKER}-file.txt"))).as_deref()
+            == Some(content.as_bytes())
+    });
+    a.unmount();
+    b.unmount();
+
+    for root in [&a.store, &b.store, &server.data] {
+        for entry in walk(root) {
+            let bytes = fs::read(&entry).unwrap();
+            let found = bytes
+                .windows(MARKER.len())
+                .any(|window| window == MARKER.as_bytes());
+            assert!(
+                !found,
+                "{} contains the marker in plain text",
+                entry.display()
+            );
+            assert!(
+                !entry.to_string_lossy().contains(MARKER),
+                "a path contains the marker: {}",
+                entry.display()
+            );
+        }
+    }
+}
+
+fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    assert!(!files.is_empty(), "{} holds no files", root.display());
+    files
+}
