@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -128,22 +129,68 @@ pub fn bind(store_dir: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Counts the control requests being answered, so the daemon can let the
+/// reply to `unmount` go out before the process exits.
+#[derive(Default)]
+pub struct InFlight {
+    count: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl InFlight {
+    fn enter(&self) {
+        *self
+            .count
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) += 1;
+    }
+
+    fn leave(&self) {
+        let mut count = self
+            .count
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *count = count.saturating_sub(1);
+        self.idle.notify_all();
+    }
+
+    /// Waits until no request is being answered, at most `timeout`.
+    pub fn wait_idle(&self, timeout: Duration) {
+        let count = self
+            .count
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _ = self
+            .idle
+            .wait_timeout_while(count, timeout, |count| *count > 0);
+    }
+}
+
 /// Serves requests on `listener` until the process ends, one thread per
 /// connection so a long `sync` does not hold up `status`.
-pub fn serve<F>(listener: UnixListener, handle: F)
+pub fn serve<F>(listener: UnixListener, in_flight: Arc<InFlight>, handle: F)
 where
     F: Fn(Request) -> Reply + Send + Sync + 'static,
 {
-    let handle = std::sync::Arc::new(handle);
+    let handle = Arc::new(handle);
     for stream in listener.incoming() {
         let Ok(stream) = stream else {
             continue;
         };
         let handle = handle.clone();
+        let in_flight = in_flight.clone();
+        in_flight.enter();
         let spawned = std::thread::Builder::new()
             .name("syn-control".into())
-            .spawn(move || answer(stream, handle.as_ref()));
+            .spawn({
+                let in_flight = in_flight.clone();
+                move || {
+                    answer(stream, handle.as_ref());
+                    in_flight.leave();
+                }
+            });
         if let Err(error) = spawned {
+            in_flight.leave();
             log::error!("cannot start a thread for a control request: {error}");
         }
     }

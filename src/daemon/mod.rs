@@ -26,6 +26,9 @@ const FUSE_THREADS: usize = 2;
 /// How long the daemon tries to push at exit when nobody asked for longer.
 const EXIT_PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the exiting daemon waits for control replies still being sent.
+const CONTROL_REPLY_GRACE: Duration = Duration::from_secs(5);
+
 /// Name of the daemon's log file inside the store directory.
 pub const LOG_FILE: &str = "daemon.log";
 
@@ -351,9 +354,15 @@ pub fn run(
     });
 
     let control_daemon = daemon.clone();
+    let in_flight = Arc::new(control::InFlight::default());
+    let control_in_flight = in_flight.clone();
     std::thread::Builder::new()
         .name("syn-control".into())
-        .spawn(move || control::serve(listener, move |request| control_daemon.handle(request)))
+        .spawn(move || {
+            control::serve(listener, control_in_flight, move |request| {
+                control_daemon.handle(request)
+            })
+        })
         .map_err(io_error("cannot start the control thread"))?;
     let signal_daemon = daemon.clone();
     std::thread::Builder::new()
@@ -377,5 +386,6 @@ pub fn run(
         }
     }
     let _ = std::fs::remove_file(control::socket_path(store_dir));
+    in_flight.wait_idle(CONTROL_REPLY_GRACE);
     outcome.map_err(io_error("the FUSE session ended with an error"))
 }

@@ -481,6 +481,11 @@ impl FsCore {
             None => Self::live_node(&store, ino)?,
         };
 
+        // Metadata commits carry the open file's content, so its buffered
+        // blocks must be sealed first or the commit would record holes.
+        if let Some(open) = state.open_files.get_mut(&ino) {
+            open.seal_dirty_blocks(&mut store)?;
+        }
         let mut doc = row.doc.clone();
         let now = Timestamp::now();
         if let Some(mode) = changes.mode {
