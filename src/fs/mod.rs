@@ -271,9 +271,9 @@ impl FsCore {
         doc.target = target.to_vec();
         let id = NodeId::random();
 
-        let mut parent_doc = directory.doc.clone();
-        parent_doc.mtime = doc.mtime;
-        parent_doc.ctime = doc.mtime;
+        // NOTE: the parent directory's mtime is not updated: each change would
+        // make the directory's document a sync change of its own, which
+        // devices creating files side by side would keep conflicting on.
         let inos = store.commit(&[(id, &doc)])?;
         let row = NodeRow {
             id,

@@ -60,7 +60,10 @@ pub fn merge(base: Option<&NodeDoc>, local: &NodeDoc, remote: &NodeDoc) -> Merge
         doc.uid = local.uid;
         doc.gid = local.gid;
     }
-    if local_changed_content && content(local) != content(remote) {
+    if doc.kind == NodeKind::Directory {
+        // A directory's only content is its mtime: the later one wins.
+        doc.mtime = local.mtime.max(remote.mtime);
+    } else if local_changed_content && content(local) != content(remote) {
         if remote_changed_content {
             conflict_copy = Some(local.clone());
         } else {
@@ -159,6 +162,20 @@ mod tests {
         remote.name = b"renamed".to_vec();
         let merged = merge(Some(&base), &NodeDoc::tombstone(), &remote);
         assert!(merged.doc.is_deleted());
+    }
+
+    #[test]
+    fn directories_never_get_conflict_copies() {
+        let mut base = NodeDoc::new(NodeKind::Directory, NodeId::ROOT, b"d", 0o755, 0, 0);
+        base.mtime = Timestamp { seconds: 1, nanos: 0 };
+        let mut local = base.clone();
+        local.mtime = Timestamp { seconds: 3, nanos: 0 };
+        let mut remote = base.clone();
+        remote.mtime = Timestamp { seconds: 2, nanos: 0 };
+
+        let merged = merge(Some(&base), &local, &remote);
+        assert_eq!(merged.conflict_copy, None);
+        assert_eq!(merged.doc.mtime, local.mtime);
     }
 
     #[test]
