@@ -274,3 +274,33 @@ fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     assert!(!files.is_empty(), "{} holds no files", root.display());
     files
 }
+
+#[test]
+fn status_and_sync_work_without_a_daemon() {
+    let (_server, mut a, mut b) = two_devices();
+    b.unmount();
+    fs::write(a.path("while-b-is-down.txt"), b"for B").unwrap();
+    wait_until("A to push", || {
+        a.status_json()["pending_changes"].as_u64() == Some(0)
+    });
+
+    let status = b.status_json();
+    assert_eq!(
+        status["running"],
+        serde_json::json!(false),
+        "no daemon runs for B"
+    );
+    assert!(
+        status["last_sync"].as_u64().is_some(),
+        "B remembers its last sync: {status}"
+    );
+
+    let output = b.sync();
+    assert!(
+        output.status.success(),
+        "syn sync without a daemon: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    b.mount();
+    assert_eq!(fs::read(b.path("while-b-is-down.txt")).unwrap(), b"for B");
+}

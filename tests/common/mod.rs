@@ -154,11 +154,16 @@ impl Drop for Server {
     }
 }
 
+/// How long one device may stay mounted before its watchdog aborts the
+/// FUSE connection, so a wedged mount fails its test instead of hanging CI.
+const MOUNT_TIME_LIMIT: Duration = Duration::from_secs(300);
+
 /// One device: a store and a mount point in a temp dir of its own.
 pub struct Device {
     pub store: PathBuf,
     pub mountpoint: PathBuf,
     mounted: bool,
+    watchdog: Option<std::sync::mpsc::Sender<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -172,6 +177,7 @@ impl Device {
             store,
             mountpoint,
             mounted: false,
+            watchdog: None,
             _dir: dir,
         }
     }
@@ -295,6 +301,24 @@ impl Drop for Device {
             self.force_unmount();
         }
     }
+}
+
+/// Aborts the mount's FUSE connection if the device is not dropped within
+/// [`MOUNT_TIME_LIMIT`]; dropping the returned sender disarms it.
+fn start_watchdog(mountpoint: PathBuf) -> std::sync::mpsc::Sender<()> {
+    let (disarm, disarmed) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            disarmed.recv_timeout(MOUNT_TIME_LIMIT)
+        {
+            eprintln!(
+                "watchdog: {} outlived {MOUNT_TIME_LIMIT:?}; aborting its FUSE connection",
+                mountpoint.display()
+            );
+            abort_connection(&mountpoint);
+        }
+    });
+    disarm
 }
 
 fn mount_line(mountpoint: &Path) -> Option<String> {
