@@ -305,8 +305,14 @@ pub fn run(
 ) -> Result<(), DaemonError> {
     let signals = block_termination_signals();
     let _lock = StoreLock::acquire(store_dir)?;
-    let store = Store::open(store_dir, passphrase)?;
+    let mut store = Store::open(store_dir, passphrase)?;
     let insecure_kdf = store.has_insecure_kdf()?;
+    match store.collect_garbage() {
+        Ok(0) => {}
+        Ok(count) => log::info!("deleted {count} blocks that no file uses"),
+        // A full disk can refuse even the deletion; the mount works without it.
+        Err(error) => log::warn!("collecting unused blocks failed: {error}"),
+    }
     let store: SharedStore = Arc::new(Mutex::new(store));
 
     let notifier = Arc::new(OnceLock::new());

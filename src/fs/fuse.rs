@@ -75,8 +75,25 @@ fn file_attr(attr: &Attr) -> FileAttr {
 
 fn timestamp(time: TimeOrNow) -> Timestamp {
     match time {
-        TimeOrNow::SpecificTime(time) => Timestamp::from_system_time(time),
+        TimeOrNow::SpecificTime(time) => timestamp_from_kernel(time),
         TimeOrNow::Now => Timestamp::now(),
+    }
+}
+
+/// Converts a time that fuser 0.18 built from the kernel's (seconds,
+/// nanoseconds). For times before 1970 it subtracts the nanoseconds instead
+/// of adding them (`system_time_from_time` in its time.rs), so -1 s + 0.5 s
+/// arrives as -1.5 s; this undoes that.
+fn timestamp_from_kernel(time: SystemTime) -> Timestamp {
+    match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(_) => Timestamp::from_system_time(time),
+        Err(before) => {
+            let before = before.duration();
+            Timestamp {
+                seconds: -(before.as_secs() as i64),
+                nanos: before.subsec_nanos(),
+            }
+        }
     }
 }
 

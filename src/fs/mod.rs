@@ -101,6 +101,15 @@ impl FsState {
     }
 }
 
+/// A directory's document with mtime and ctime set to `now`, as an entry
+/// in it was added, removed or renamed.
+fn touch(directory: &NodeDoc, now: Timestamp) -> NodeDoc {
+    let mut touched = directory.clone();
+    touched.mtime = now;
+    touched.ctime = now;
+    touched
+}
+
 /// The mounted file system over one store.
 pub struct FsCore {
     store: SharedStore,
@@ -271,10 +280,8 @@ impl FsCore {
         doc.target = target.to_vec();
         let id = NodeId::random();
 
-        // NOTE: the parent directory's mtime is not updated: each change would
-        // make the directory's document a sync change of its own, which
-        // devices creating files side by side would keep conflicting on.
-        let inos = store.commit(&[(id, &doc)])?;
+        let touched = touch(&directory.doc, doc.mtime);
+        let inos = store.commit(&[(id, &doc), (directory.id, &touched)])?;
         let row = NodeRow {
             id,
             ino: inos[0],
@@ -361,7 +368,8 @@ impl FsCore {
         if is_directory && store.has_children(&row.id)? {
             return Err(FsError::NotEmpty);
         }
-        store.commit(&[(row.id, &NodeDoc::tombstone())])?;
+        let touched = touch(&directory.doc, Timestamp::now());
+        store.commit(&[(row.id, &NodeDoc::tombstone()), (directory.id, &touched)])?;
         drop(store);
         self.changed();
         Ok(())
@@ -429,6 +437,11 @@ impl FsCore {
             }
             (None, false) => vec![(source.id, moved)],
         };
+        let mut changes = changes;
+        changes.push((from_directory.id, touch(&from_directory.doc, now)));
+        if to_directory.id != from_directory.id {
+            changes.push((to_directory.id, touch(&to_directory.doc, now)));
+        }
         let borrowed: Vec<(NodeId, &NodeDoc)> =
             changes.iter().map(|(id, doc)| (*id, doc)).collect();
         store.commit(&borrowed)?;
@@ -650,13 +663,15 @@ impl FsCore {
         let Some(open) = state.open_files.get_mut(&ino) else {
             return Ok(());
         };
-        let committed = Self::commit_open_file(&mut store, open, false)?;
+        let committed = Self::commit_open_file(&mut store, open, false);
+        // The handle closes even when the commit fails; the program sees the
+        // error from close, as with a local disk that fills up.
         open.handles = open.handles.saturating_sub(1);
         if open.handles == 0 {
             state.open_files.remove(&ino);
         }
         drop(store);
-        if committed {
+        if committed? {
             self.changed();
         }
         Ok(())

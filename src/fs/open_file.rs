@@ -180,16 +180,18 @@ impl OpenFile {
 
     /// Seals every dirty block into the store and records it in the manifest.
     pub fn seal_dirty_blocks(&mut self, store: &mut Store) -> FsResult<()> {
-        let dirty = std::mem::take(&mut self.dirty_blocks);
-        for (index, buffer) in dirty {
+        // A buffer leaves the map only once it is sealed, so a failure (a
+        // full disk) keeps the rest for the next attempt.
+        while let Some((&index, buffer)) = self.dirty_blocks.first_key_value() {
             let id = if buffer.iter().all(|&byte| byte == 0) {
                 BlockId::HOLE
             } else {
-                store.put_block(&buffer)?
+                store.put_block(buffer)?
             };
             if let Some(slot) = self.content.blocks.get_mut(index as usize) {
                 *slot = id;
             }
+            self.dirty_blocks.remove(&index);
         }
         Ok(())
     }

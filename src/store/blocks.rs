@@ -1,12 +1,17 @@
 //! Sealed blocks of file content, stored once per block id.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{Store, StoreError};
-use crate::crypto::BlockId;
+use crate::crypto::{BlockId, NodeId};
+
+/// Free space that new blocks leave on the store's disk: deleting files and
+/// committing metadata need room in SQLite's WAL, so content writes fail
+/// with "disk full" before the disk is truly full.
+const RESERVED_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Decrypted blocks kept in memory: 64 blocks, 4 MiB at the default block size.
 const CACHE_BLOCKS: usize = 64;
@@ -39,6 +44,9 @@ impl BlockCache {
 impl Store {
     /// Seals and stores a block; storing the same content twice is a no-op.
     pub fn put_block(&mut self, plaintext: &[u8]) -> Result<BlockId, StoreError> {
+        if self.available_bytes()? < RESERVED_BYTES + plaintext.len() as u64 {
+            return Err(StoreError::DiskFull);
+        }
         let (id, sealed) = self.keys.seal_block(plaintext);
         self.connection.execute(
             "INSERT OR IGNORE INTO blocks (id, data) VALUES (?1, ?2)",
@@ -46,6 +54,23 @@ impl Store {
         )?;
         self.block_cache.insert(id, Arc::new(plaintext.to_vec()));
         Ok(id)
+    }
+
+    /// Bytes the store can still grow by: free space on its disk plus the
+    /// free pages inside the database, which SQLite reuses first.
+    fn available_bytes(&self) -> Result<u64, StoreError> {
+        let free_pages: i64 = self
+            .connection
+            .query_row("PRAGMA freelist_count", [], |row| row.get(0))?;
+        let page_size: i64 = self
+            .connection
+            .query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        let inside = (free_pages.max(0) as u64).saturating_mul(page_size.max(0) as u64);
+        let on_disk = match self.disk_space() {
+            Ok(space) => space.f_bavail.saturating_mul(space.f_frsize),
+            Err(_) => u64::MAX,
+        };
+        Ok(on_disk.saturating_add(inside))
     }
 
     /// Reads and opens a block; a missing block is a corrupt store.
@@ -122,5 +147,55 @@ impl Store {
             statement.execute([id.0.as_slice()])?;
         }
         Ok(())
+    }
+}
+
+impl Store {
+    /// Deletes the blocks that no node's manifest refers to: leftovers of
+    /// overwritten content, and blocks sealed for a write that never
+    /// committed (a crash, a full disk). Returns how many were deleted.
+    /// Only safe while no file is open, so the daemon runs it before mounting.
+    pub fn collect_garbage(&mut self) -> Result<usize, StoreError> {
+        let mut referenced = HashSet::new();
+        {
+            let mut statement = self.connection.prepare("SELECT id, document FROM nodes")?;
+            let rows = statement.query_map([], |row| {
+                Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?))
+            })?;
+            for row in rows {
+                let (id, sealed) = row?;
+                let id = NodeId::from_slice(&id).ok_or_else(|| StoreError::Corrupt {
+                    path: self.dir.clone(),
+                    reason: "a node id has the wrong length".into(),
+                })?;
+                let doc = self.open_row(id, 0, &sealed, 0)?.doc;
+                referenced.extend(
+                    doc.content
+                        .blocks
+                        .into_iter()
+                        .filter(|block| !block.is_hole()),
+                );
+            }
+        }
+
+        let stored: Vec<Vec<u8>> = self
+            .connection
+            .prepare("SELECT id FROM blocks")?
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        let transaction = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut deleted = 0;
+        for id in stored {
+            let unused = BlockId::from_slice(&id).is_none_or(|block| !referenced.contains(&block));
+            if unused {
+                transaction.execute("DELETE FROM blocks WHERE id = ?1", [id.as_slice()])?;
+                deleted += 1;
+            }
+        }
+        transaction.commit()?;
+        self.block_cache = BlockCache::default();
+        Ok(deleted)
     }
 }

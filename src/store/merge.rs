@@ -167,11 +167,20 @@ mod tests {
     #[test]
     fn directories_never_get_conflict_copies() {
         let mut base = NodeDoc::new(NodeKind::Directory, NodeId::ROOT, b"d", 0o755, 0, 0);
-        base.mtime = Timestamp { seconds: 1, nanos: 0 };
+        base.mtime = Timestamp {
+            seconds: 1,
+            nanos: 0,
+        };
         let mut local = base.clone();
-        local.mtime = Timestamp { seconds: 3, nanos: 0 };
+        local.mtime = Timestamp {
+            seconds: 3,
+            nanos: 0,
+        };
         let mut remote = base.clone();
-        remote.mtime = Timestamp { seconds: 2, nanos: 0 };
+        remote.mtime = Timestamp {
+            seconds: 2,
+            nanos: 0,
+        };
 
         let merged = merge(Some(&base), &local, &remote);
         assert_eq!(merged.conflict_copy, None);

@@ -402,7 +402,10 @@ impl Store {
         let mut inos = Vec::with_capacity(changes.len());
         for (id, doc) in changes {
             let ino = write_node(&transaction, &self.keys, id, doc)?;
-            transaction.execute("INSERT INTO changes (node) VALUES (?1)", [id.0.as_slice()])?;
+            // The root is implicit on every device, so its attributes stay local.
+            if *id != NodeId::ROOT {
+                transaction.execute("INSERT INTO changes (node) VALUES (?1)", [id.0.as_slice()])?;
+            }
             inos.push(ino);
         }
         transaction.commit()?;
