@@ -533,16 +533,17 @@ async fn malformed_requests_get_json_errors() {
     let unknown_token = "ab".repeat(32);
     let json = "application/json";
     // (case, method, path, token, content type, body, status, code)
-    let cases: Vec<(
-        &str,
-        &str,
+    type Case<'a> = (
+        &'a str,
+        &'a str,
         String,
-        Option<&str>,
-        &str,
+        Option<&'a str>,
+        &'a str,
         Vec<u8>,
         StatusCode,
-        &str,
-    )> = vec![
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "truncated JSON",
             "POST",

@@ -277,7 +277,7 @@ fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn status_and_sync_work_without_a_daemon() {
-    let (_server, mut a, mut b) = two_devices();
+    let (_server, a, mut b) = two_devices();
     b.unmount();
     fs::write(a.path("while-b-is-down.txt"), b"for B").unwrap();
     wait_until("A to push", || {

@@ -615,14 +615,20 @@ impl FsCore {
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let mut state = self.state();
         let mut store = self.store();
-        if !state.open_files.contains_key(&ino) {
-            // Page-cache writeback (mmap) can arrive with a handle already
-            // released; give it a working copy that the next flush commits.
-            let row = Self::live_node(&store, ino)?;
-            let view = OpenFile::new(row.id, row.doc.content, row.doc.mtime, row.remote_revision);
-            state.open_files.insert(ino, view);
-        }
-        let open = state.open_files.get_mut(&ino).ok_or(FsError::BadHandle)?;
+        let open = match state.open_files.entry(ino) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                // Page-cache writeback (mmap) can arrive with a handle already
+                // released; it gets a working copy that is committed at once.
+                let row = Self::live_node(&store, ino)?;
+                entry.insert(OpenFile::new(
+                    row.id,
+                    row.doc.content,
+                    row.doc.mtime,
+                    row.remote_revision,
+                ))
+            }
+        };
         open.write(&mut store, offset, data)?;
         let committed_without_handle = open.handles == 0;
         if committed_without_handle {
@@ -840,11 +846,11 @@ impl FsCore {
                 source,
             })?;
         Ok(FsStats {
-            blocks: stat.f_blocks as u64,
-            blocks_free: stat.f_bfree as u64,
-            blocks_available: stat.f_bavail as u64,
-            files: stat.f_files as u64,
-            files_free: stat.f_ffree as u64,
+            blocks: stat.f_blocks,
+            blocks_free: stat.f_bfree,
+            blocks_available: stat.f_bavail,
+            files: stat.f_files,
+            files_free: stat.f_ffree,
             block_size: stat.f_frsize as u32,
         })
     }

@@ -49,7 +49,7 @@ pub fn merge(base: Option<&NodeDoc>, local: &NodeDoc, remote: &NodeDoc) -> Merge
 
     let mut doc = remote.clone();
     let mut conflict_copy = None;
-    let changed = |group: &dyn Fn(&NodeDoc) -> bool| base.is_none_or(|base| group(base));
+    let changed = |group: &dyn Fn(&NodeDoc) -> bool| base.is_none_or(group);
 
     if changed(&|base| location(base) != location(local)) {
         doc.parent = local.parent;

@@ -341,7 +341,8 @@ impl ApplyContext<'_> {
     }
 
     fn local_state(&self, id: &NodeId) -> Result<Option<LocalState>, StoreError> {
-        let row: Option<(i64, Vec<u8>, i64, Option<Vec<u8>>)> = self
+        type Row = (i64, Vec<u8>, i64, Option<Vec<u8>>);
+        let row: Option<Row> = self
             .transaction
             .query_row(
                 "SELECT ino, document, generation, base FROM nodes WHERE id = ?1",

@@ -326,8 +326,7 @@ fn mount_line(mountpoint: &Path) -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let wanted = resolved.to_string_lossy().replace(' ', "\\040");
     text.lines()
-        .filter(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
-        .last()
+        .rfind(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
         .map(str::to_string)
 }
 
