@@ -69,7 +69,10 @@ echo "   copied in $(( $(date +%s) - start )) s"
 
 echo "== Waiting for it to arrive on device B"
 deadline=$(( $(date +%s) + 600 ))
-until diff -r --no-dereference "$source_tree" "$work/device-b/mnt/tree" >/dev/null 2>&1; do
+expected=$(find "$source_tree" | wc -l)
+# Count entries first, which is cheap, and compare bytes once they match.
+until [ "$(find "$work/device-b/mnt/tree" 2>/dev/null | wc -l)" -eq "$expected" ] &&
+    diff -r --no-dereference "$source_tree" "$work/device-b/mnt/tree" >/dev/null 2>&1; do
     if [ "$(date +%s)" -gt "$deadline" ]; then
         echo "device B did not converge within 10 minutes" >&2
         "$syn" status --store "$work/device-b/store" >&2
