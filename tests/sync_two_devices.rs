@@ -304,3 +304,33 @@ fn status_and_sync_work_without_a_daemon() {
     b.mount();
     assert_eq!(fs::read(b.path("while-b-is-down.txt")).unwrap(), b"for B");
 }
+
+#[test]
+fn rejected_token_reaches_status() {
+    let (server, a, _b) = two_devices();
+    fs::write(a.path("before.txt"), b"pushed").unwrap();
+    wait_until("the first push", || {
+        a.status_json()["pending_changes"].as_u64() == Some(0)
+    });
+
+    // Revoke every device token on the server, as an administrator would.
+    let connection = rusqlite::Connection::open(server.data.join("server.db")).unwrap();
+    connection.execute("DELETE FROM devices", []).unwrap();
+    drop(connection);
+
+    fs::write(a.path("after.txt"), b"rejected").unwrap();
+    wait_until("the rejection in status", || {
+        last_error(&a).is_some_and(|message| message.contains("token"))
+    });
+    let error = &a.status_json()["sync"]["last_error"];
+    assert_eq!(
+        error["retrying"],
+        serde_json::json!(false),
+        "a rejected token is not retried on a timer: {error}"
+    );
+    assert_eq!(
+        fs::read(a.path("after.txt")).unwrap(),
+        b"rejected",
+        "the mount keeps working"
+    );
+}

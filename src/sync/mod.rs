@@ -184,7 +184,9 @@ impl SyncLoop {
                 round_due = false;
             }
 
-            let event = if failures > 0 {
+            let event = if self.stalled() {
+                self.wait_for_request().await
+            } else if failures > 0 {
                 self.wait_backoff(failures).await
             } else {
                 tokio::select! {
@@ -222,6 +224,23 @@ impl SyncLoop {
                     return;
                 }
             }
+        }
+    }
+
+    /// True when the last failure needs the user (a rejected token, a
+    /// tampered document), so retrying on a timer would only repeat it.
+    fn stalled(&self) -> bool {
+        lock(&self.status)
+            .last_error
+            .as_ref()
+            .is_some_and(|error| !error.retrying)
+    }
+
+    /// Waits for a local change or a command, with no timer.
+    async fn wait_for_request(&mut self) -> Event {
+        tokio::select! {
+            _ = self.wake.notified() => Event::Wake,
+            command = self.commands.recv() => Event::Command(command),
         }
     }
 
