@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 
 use common::{Device, is_mounted, pseudo_random_bytes, syn, wait_until};
 
-/// Size of one block of file content in the store; writes across this
-/// boundary exercise two blocks at once.
+/// Size of one block of file content in the store. Writes across this
+/// boundary change two blocks at once.
 const STORE_BLOCK: u64 = 64 * 1024;
 
 fn mounted_device() -> Device {
@@ -97,6 +97,21 @@ impl DirStream {
             Some((name, (*entry).d_type))
         }
     }
+
+    /// Returns the remaining entry names, sorted.
+    fn remaining_names(&mut self) -> Vec<OsString> {
+        let mut names = Vec::new();
+        while let Some((name, _)) = self.next_entry() {
+            names.push(OsString::from_vec(name));
+        }
+        names.sort();
+        names
+    }
+
+    fn rewind(&mut self) {
+        // SAFETY: the stream is open until Drop.
+        unsafe { libc::rewinddir(self.stream) };
+    }
 }
 
 impl Drop for DirStream {
@@ -108,40 +123,32 @@ impl Drop for DirStream {
 
 /// Returns every name that libc `readdir` lists in `dir`, `.` and `..`
 /// included, sorted.
-fn raw_entry_names(dir: &Path) -> Vec<Vec<u8>> {
-    let mut stream = DirStream::open(dir);
-    let mut names = Vec::new();
-    while let Some((name, _)) = stream.next_entry() {
-        names.push(name);
-    }
-    names.sort();
-    names
+fn raw_entry_names(dir: &Path) -> Vec<OsString> {
+    DirStream::open(dir).remaining_names()
 }
 
 /// Returns the names `std::fs::read_dir` lists in `dir`, sorted.
-fn entry_names(dir: &Path) -> Vec<Vec<u8>> {
-    let mut names: Vec<Vec<u8>> = fs::read_dir(dir)
+fn entry_names(dir: &Path) -> Vec<OsString> {
+    let mut names: Vec<OsString> = fs::read_dir(dir)
         .unwrap_or_else(|error| panic!("read_dir {} failed: {error}", dir.display()))
-        .map(|entry| {
-            entry
-                .expect("read_dir entry")
-                .file_name()
-                .as_bytes()
-                .to_vec()
-        })
+        .map(|entry| entry.expect("read_dir entry").file_name())
         .collect();
     names.sort();
     names
 }
 
-fn sorted_names(names: &[&[u8]]) -> Vec<Vec<u8>> {
-    let mut names: Vec<Vec<u8>> = names.iter().map(|name| name.to_vec()).collect();
+/// Returns `names` as sorted `OsString`s, to compare with a listing.
+fn sorted_names(names: &[&[u8]]) -> Vec<OsString> {
+    let mut names: Vec<OsString> = names
+        .iter()
+        .map(|name| OsStr::from_bytes(name).to_os_string())
+        .collect();
     names.sort();
     names
 }
 
-/// Removes the tree at `dir` as `rm -rf` does: each entry is deleted as
-/// soon as readdir returns it, while the directory is still being listed.
+/// Removes the tree at `dir`, deleting each entry as soon as readdir
+/// returns it, while the directory is still being listed.
 fn remove_tree_while_listing(dir: &Path) {
     let mut stream = DirStream::open(dir);
     while let Some((name, kind)) = stream.next_entry() {
@@ -246,9 +253,20 @@ fn store_is_locked(store: &Path) -> bool {
         .write(true)
         .open(store.join("lock"))
         .expect("cannot open the store's lock file");
-    // SAFETY: flock on a descriptor this function owns; closing it on return
-    // releases a lock taken here.
+    // SAFETY: flock acts on a descriptor this function owns. Closing it on
+    // return releases a lock taken here.
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+}
+
+/// Reads this process's umask from /proc without changing it, since other
+/// test threads create files at the same time.
+fn current_umask() -> u32 {
+    let status = fs::read_to_string("/proc/self/status").expect("cannot read /proc/self/status");
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Umask:"))
+        .expect("/proc/self/status has no Umask line");
+    u32::from_str_radix(line.trim(), 8).expect("the umask is octal")
 }
 
 fn name_of_len(byte: u8, len: usize) -> String {
@@ -461,7 +479,8 @@ fn truncate_down_and_up() {
         "bytes after the old end must read as zeros after growing"
     );
 
-    // truncate(2) on a path with no open file takes another path in the daemon.
+    // truncate(2) with no handle open reaches the daemon without an open
+    // working copy of the file, a separate code path from ftruncate.
     let c_path = c_path(&path);
     // SAFETY: truncate reads the NUL-terminated path.
     assert_eq!(
@@ -751,7 +770,7 @@ fn readdir_of_500_entries() {
         } else {
             fs::write(device.path(&format!("many/{name}")), index.to_string()).unwrap();
         }
-        expected.push(name.into_bytes());
+        expected.push(OsString::from(name));
     }
     expected.sort();
 
@@ -801,7 +820,7 @@ fn remove_tree_while_listing_removes_everything() {
     );
     assert_eq!(
         entry_names(&device.mountpoint),
-        Vec::<Vec<u8>>::new(),
+        Vec::<OsString>::new(),
         "the root should be empty after the removal"
     );
 }
@@ -835,8 +854,31 @@ fn rm_rf_removes_large_tree() {
     );
     assert_eq!(
         entry_names(&device.mountpoint),
-        Vec::<Vec<u8>>::new(),
+        Vec::<OsString>::new(),
         "the root should be empty after rm -rf"
+    );
+}
+
+#[test]
+fn rewinddir_shows_current_entries() {
+    let device = mounted_device();
+    fs::write(device.path("before"), b"").unwrap();
+    let mut stream = DirStream::open(&device.mountpoint);
+    assert_eq!(
+        stream.remaining_names(),
+        sorted_names(&[b".", b"..", b"before"]),
+        "first listing"
+    );
+
+    fs::write(device.path("added"), b"").unwrap();
+    fs::remove_file(device.path("before")).unwrap();
+    stream.rewind();
+    // POSIX: rewinddir makes the stream refer to the directory's current
+    // state, as a new opendir would.
+    assert_eq!(
+        stream.remaining_names(),
+        sorted_names(&[b".", b"..", b"added"]),
+        "listing after rewinddir"
     );
 }
 
@@ -847,7 +889,7 @@ fn write_at_offsets() {
     let device = mounted_device();
     let path = device.path("file");
     let file = OpenOptions::new()
-        .create(true)
+        .create_new(true)
         .read(true)
         .write(true)
         .open(&path)
@@ -950,7 +992,7 @@ fn overwrite_in_middle_keeps_rest() {
 
 #[test]
 fn sparse_write_reads_hole_as_zeros() {
-    let device = mounted_device();
+    let mut device = mounted_device();
     let path = device.path("sparse");
     fs::write(&path, b"head").unwrap();
     let far = 100 * 1024 * 1024 + 7;
@@ -958,25 +1000,38 @@ fn sparse_write_reads_hole_as_zeros() {
     file.write_all_at(b"tail", far).unwrap();
     drop(file);
 
-    assert_eq!(
-        fs::metadata(&path).unwrap().len(),
-        far + 4,
-        "size after a write 100 MiB beyond the end"
-    );
-    assert_eq!(read_at(&path, 0, 4), b"head", "data before the hole");
-    assert_eq!(read_at(&path, far, 100), b"tail", "data after the hole");
-    for (offset, len) in [
-        (4, 2 * STORE_BLOCK as usize),
-        (far / 2, 3 * STORE_BLOCK as usize),
-        (far - 3 * STORE_BLOCK, 3 * STORE_BLOCK as usize),
-    ] {
-        let hole = read_at(&path, offset, len);
-        assert_eq!(hole.len(), len, "bytes read from the hole at {offset}");
-        assert!(
-            hole.iter().all(|&byte| byte == 0),
-            "the hole at offset {offset} must read as zeros"
+    let check = |path: &Path, when: &str| {
+        assert_eq!(
+            fs::metadata(path).unwrap().len(),
+            far + 4,
+            "size after a write 100 MiB beyond the end, {when}"
         );
-    }
+        assert_eq!(read_at(path, 0, 4), b"head", "data before the hole, {when}");
+        assert_eq!(
+            read_at(path, far, 100),
+            b"tail",
+            "data after the hole, {when}"
+        );
+        for (offset, len) in [
+            (4, 2 * STORE_BLOCK as usize),
+            (far / 2, 3 * STORE_BLOCK as usize),
+            (far - 3 * STORE_BLOCK, 3 * STORE_BLOCK as usize),
+        ] {
+            let hole = read_at(path, offset, len);
+            assert_eq!(
+                hole.len(),
+                len,
+                "bytes read from the hole at {offset}, {when}"
+            );
+            assert!(
+                hole.iter().all(|&byte| byte == 0),
+                "the hole at offset {offset} must read as zeros, {when}"
+            );
+        }
+    };
+    check(&path, "before remount");
+    remount(&mut device);
+    check(&path, "after remount");
 }
 
 #[test]
@@ -1079,7 +1134,7 @@ fn unlinked_open_file_stays_readable() {
     drop(file);
     assert_eq!(
         entry_names(&device.mountpoint),
-        Vec::<Vec<u8>>::new(),
+        Vec::<OsString>::new(),
         "the root should be empty after close"
     );
 }
@@ -1122,14 +1177,18 @@ fn fsync_of_file_and_directory() {
 #[test]
 fn fsynced_data_survives_daemon_kill() {
     let mut device = mounted_device();
+    // An exec while the file is open closes the descriptor it inherited, and
+    // that close commits the file. So the pid is read before the file opens.
+    // NOTE: other tests' threads spawn processes too, so a pass does not
+    // prove that fsync alone committed the data.
+    let pid = device.status_json()["pid"]
+        .as_i64()
+        .expect("status --json shows the daemon pid");
     let path = device.path("file");
     let mut file = File::create(&path).unwrap();
     file.write_all(b"durable").unwrap();
     file.sync_all().unwrap();
 
-    let pid = device.status_json()["pid"]
-        .as_i64()
-        .expect("status --json shows the daemon pid");
     // SAFETY: kill sends a signal to the daemon this test started.
     assert_eq!(
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) },
@@ -1194,12 +1253,7 @@ fn mkdir_and_rmdir() {
         "mkdir failed: {}",
         io::Error::last_os_error()
     );
-    // SAFETY: umask has no preconditions; this reads it by setting and restoring it.
-    let umask = unsafe {
-        let umask = libc::umask(0o022);
-        libc::umask(umask);
-        umask
-    };
+    let umask = current_umask();
     assert_eq!(
         mode_of(&device.path("dir/modes")),
         0o751 & !umask,
@@ -1558,6 +1612,94 @@ fn create_of_existing_name_is_eexist() {
     );
 }
 
+#[test]
+fn open_of_directory_for_writing_is_eisdir() {
+    let device = mounted_device();
+    fs::create_dir(device.path("dir")).unwrap();
+    assert_errno(
+        OpenOptions::new().write(true).open(device.path("dir")),
+        libc::EISDIR,
+        "open of a directory for writing",
+    );
+}
+
+#[test]
+fn hard_link_is_eperm() {
+    let device = mounted_device();
+    fs::write(device.path("file"), b"x").unwrap();
+    // link(2) returns EPERM on file systems without hard links.
+    assert_errno(
+        fs::hard_link(device.path("file"), device.path("link")),
+        libc::EPERM,
+        "hard link",
+    );
+    assert_eq!(
+        entry_names(&device.mountpoint),
+        sorted_names(&[b"file"]),
+        "a failed link must leave nothing behind"
+    );
+}
+
+#[test]
+fn cp_a_copies_tree_with_metadata() {
+    let device = mounted_device();
+    let source = common::temp_dir();
+    let tree = source.path().join("tree");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    fs::write(tree.join("sub/data"), pseudo_random_bytes(150_000, 11)).unwrap();
+    fs::write(tree.join("script"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(tree.join("script"), fs::Permissions::from_mode(0o751)).unwrap();
+    symlink("sub/data", tree.join("link")).unwrap();
+    set_times(
+        &tree.join("sub/data"),
+        time_of(1_300_000_000, 1),
+        time_of(1_300_000_000, 999_999_999),
+    );
+    set_times(
+        &tree.join("sub"),
+        time_of(1_200_000_000, 7),
+        time_of(1_200_000_000, 8),
+    );
+
+    let output = Command::new("cp")
+        .arg("-a")
+        .arg(&tree)
+        .arg(device.path("copy"))
+        .output()
+        .expect("cannot run cp");
+    assert!(
+        output.status.success(),
+        "cp -a into the mount failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let copy = device.path("copy");
+    assert!(
+        fs::read(copy.join("sub/data")).unwrap() == pseudo_random_bytes(150_000, 11),
+        "content of the copied file"
+    );
+    assert_eq!(
+        mode_of(&copy.join("script")),
+        0o751,
+        "mode of the copied script"
+    );
+    assert_eq!(
+        fs::read_link(copy.join("link")).unwrap(),
+        PathBuf::from("sub/data"),
+        "target of the copied symlink"
+    );
+    assert_eq!(
+        mtime_of(&copy.join("sub/data")),
+        (1_300_000_000, 999_999_999),
+        "mtime of the copied file"
+    );
+    assert_eq!(
+        mtime_of(&copy.join("sub")),
+        (1_200_000_000, 8),
+        "mtime of the copied directory, which cp -a sets after filling it"
+    );
+}
+
 // symlink and readlink
 
 #[test]
@@ -1724,12 +1866,12 @@ fn name_of_255_bytes_works() {
     );
     assert_eq!(
         entry_names(&device.mountpoint),
-        vec![dir.clone().into_bytes()],
+        vec![OsString::from(&dir)],
         "listing of the root"
     );
     assert_eq!(
         entry_names(&device.path(&dir)),
-        vec![renamed.clone().into_bytes()],
+        vec![OsString::from(&renamed)],
         "listing of the 255-byte directory"
     );
 }
@@ -1833,6 +1975,16 @@ fn everything_survives_remount() {
     )
     .unwrap();
     fs::write(device.path("empty"), b"").unwrap();
+    // Cut inside the second block, then grow. The cut bytes must read as zeros.
+    let truncated = pseudo_random_bytes(200_000, 10);
+    fs::write(device.path("truncated"), &truncated).unwrap();
+    let file = OpenOptions::new()
+        .write(true)
+        .open(device.path("truncated"))
+        .unwrap();
+    file.set_len(70_000).unwrap();
+    file.set_len(100_000).unwrap();
+    drop(file);
     symlink("docs/a.txt", device.path("link")).unwrap();
     fs::set_permissions(device.path("docs/a.txt"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(
@@ -1857,7 +2009,7 @@ fn everything_survives_remount() {
 
     assert_eq!(
         entry_names(&device.mountpoint),
-        sorted_names(&[b"docs", b"empty", b"link"]),
+        sorted_names(&[b"docs", b"empty", b"link", b"truncated"]),
         "root listing after remount"
     );
     assert_eq!(
@@ -1878,6 +2030,12 @@ fn everything_survives_remount() {
         fs::metadata(device.path("empty")).unwrap().len(),
         0,
         "empty file size after remount"
+    );
+    let mut expected_truncated = truncated[..70_000].to_vec();
+    expected_truncated.resize(100_000, 0);
+    assert!(
+        fs::read(device.path("truncated")).unwrap() == expected_truncated,
+        "a file cut to 70000 bytes and grown to 100000 should read its first 70000 bytes, then zeros, after remount"
     );
     assert_eq!(
         fs::read_link(device.path("link")).unwrap(),

@@ -203,6 +203,8 @@ fn init_logging(verbose: bool) {
         .parse_env("SYN_LOG")
         // fuser logs every request with its file names at debug level.
         .filter_module("fuser", log::LevelFilter::Warn)
+        // fuser's session warns at every unmount that syn did itself.
+        .filter_module("fuser::session", log::LevelFilter::Error)
         .format_timestamp_millis()
         .init();
 }

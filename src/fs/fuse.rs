@@ -491,6 +491,21 @@ impl Filesystem for SynFs {
         reply.ok();
     }
 
+    fn ioctl(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        _handle: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _command: u32,
+        _input: &[u8],
+        _output_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // Programs probe every file for a terminal (TCGETS); none is one.
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
     fn create(
         &self,
         request: &Request,

@@ -90,7 +90,8 @@ pub struct Caller {
 struct FsState {
     open_files: HashMap<u64, OpenFile>,
     file_handles: HashMap<u64, u64>,
-    directory_handles: HashMap<u64, Vec<DirEntry>>,
+    /// Open directories: their inode and the snapshot of their entries.
+    directory_handles: HashMap<u64, (u64, Vec<DirEntry>)>,
     next_handle: u64,
 }
 
@@ -779,10 +780,19 @@ impl FsCore {
         Ok(())
     }
 
-    /// Opens a directory: takes a snapshot of its entries, so offsets stay
-    /// stable while a program removes entries during the listing.
+    /// Opens a directory. The first readdir takes a snapshot of its entries,
+    /// so offsets stay stable while a program removes entries during the
+    /// listing.
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        Self::directory(&self.store(), ino)?;
+        let entries = Vec::new();
         let mut state = self.state();
+        let handle = state.new_handle();
+        state.directory_handles.insert(handle, (ino, entries));
+        Ok(handle)
+    }
+
+    fn list_directory(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
         let store = self.store();
         let directory = Self::directory(&store, ino)?;
         let parent_ino = if ino == ROOT_INO {
@@ -810,17 +820,27 @@ impl FsCore {
                 name: child.doc.name,
             });
         }
-        drop(store);
-        let handle = state.new_handle();
-        state.directory_handles.insert(handle, entries);
-        Ok(handle)
+        Ok(entries)
     }
 
     /// Entries of an open directory from `offset`; each entry's offset for
-    /// the next call is its index plus one.
+    /// the next call is its index plus one. Offset 0 (a new listing, or
+    /// rewinddir) takes a fresh snapshot.
     pub fn readdir(&self, handle: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+        if offset == 0 {
+            let ino = self
+                .state()
+                .directory_handles
+                .get(&handle)
+                .map(|(ino, _)| *ino)
+                .ok_or(FsError::BadHandle)?;
+            let entries = self.list_directory(ino)?;
+            if let Some(slot) = self.state().directory_handles.get_mut(&handle) {
+                slot.1 = entries;
+            }
+        }
         let state = self.state();
-        let entries = state
+        let (_, entries) = state
             .directory_handles
             .get(&handle)
             .ok_or(FsError::BadHandle)?;

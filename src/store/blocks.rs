@@ -196,6 +196,9 @@ impl Store {
         }
         transaction.commit()?;
         self.block_cache = BlockCache::default();
+        if deleted > 0 {
+            self.connection.execute_batch("PRAGMA incremental_vacuum")?;
+        }
         Ok(deleted)
     }
 }

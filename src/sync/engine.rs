@@ -165,10 +165,6 @@ impl Engine {
         with_store(&self.store, move |store| store.record_sync_error(&message)).await
     }
 
-    pub async fn pending_count(&self) -> Result<u64, SyncError> {
-        with_store(&self.store, |store| store.pending_count()).await
-    }
-
     async fn push_all(&self) -> Result<usize, SyncError> {
         let mut pushed = 0;
         let mut conflict_rounds = 0;

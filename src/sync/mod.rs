@@ -33,7 +33,7 @@ pub struct SyncStatus {
     /// Unix time of the last round that completed.
     pub last_sync: Option<u64>,
     pub last_error: Option<SyncErrorReport>,
-    pub pending_changes: u64,
+    /// Documents pushed and pulled since the daemon started.
     pub pushed_total: u64,
     pub pulled_total: u64,
     pub bytes_sent: u64,
@@ -180,7 +180,7 @@ impl SyncLoop {
         loop {
             if round_due {
                 let outcome = self.engine.round().await;
-                failures = self.record(outcome.as_ref().map(|_| ()), failures).await;
+                failures = self.record(outcome.as_ref().copied(), failures).await;
                 round_due = false;
             }
 
@@ -198,16 +198,17 @@ impl SyncLoop {
 
             match event {
                 Event::Wake | Event::BackoffOver => round_due = true,
-                Event::Polled(Ok(0)) => failures = self.record(Ok(()), failures).await,
-                Event::Polled(Ok(count)) => {
-                    log::info!("pulled {count} remote changes");
-                    round_due = true;
+                Event::Polled(Ok(pulled)) => {
+                    let report = RoundReport { pushed: 0, pulled };
+                    failures = self.record(Ok(report), failures).await;
+                    // Applying remote changes can leave merges to push.
+                    round_due = pulled > 0;
                 }
                 Event::Polled(Err(error)) => failures = self.record(Err(&error), failures).await,
                 Event::Command(None) => return,
                 Event::Command(Some(Command::SyncNow(reply))) => {
                     let outcome = self.engine.round().await;
-                    failures = self.record(outcome.as_ref().map(|_| ()), failures).await;
+                    failures = self.record(outcome.as_ref().copied(), failures).await;
                     let _ = reply.send(outcome.map_err(|error| error.to_string()));
                 }
                 Event::Command(Some(Command::Stop { timeout, done })) => {
@@ -257,22 +258,29 @@ impl SyncLoop {
     }
 
     /// Updates the status after a round or poll; returns the new failure count.
-    async fn record(&self, outcome: Result<(), &SyncError>, failures: u32) -> u32 {
+    async fn record(&self, outcome: Result<RoundReport, &SyncError>, failures: u32) -> u32 {
         if let Err(error) = outcome {
             if let Err(store_error) = self.engine.record_error(error.to_string()).await {
                 log::warn!("recording the sync error in the store failed: {store_error}");
             }
         }
-        let pending = self.engine.pending_count().await.unwrap_or(0);
         let mut status = lock(&self.status);
-        status.pending_changes = pending;
         status.bytes_sent = self.engine.client().bytes_sent();
         status.bytes_received = self.engine.client().bytes_received();
         match outcome {
-            Ok(()) => {
+            Ok(report) => {
                 if failures > 0 {
                     log::info!("sync recovered");
                 }
+                if report.pushed + report.pulled > 0 {
+                    log::info!(
+                        "synced: pushed {} changes, pulled {}",
+                        report.pushed,
+                        report.pulled
+                    );
+                }
+                status.pushed_total += report.pushed as u64;
+                status.pulled_total += report.pulled as u64;
                 status.last_sync = Some(unix_now());
                 status.last_error = None;
                 0
