@@ -25,6 +25,12 @@ pub enum FsError {
     BadHandle,
     #[error("file too large")]
     TooLarge,
+    #[error("no such attribute")]
+    NoAttribute,
+    #[error("attribute value too large")]
+    ValueTooLarge,
+    #[error("name or value out of range")]
+    OutOfRange,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -43,6 +49,9 @@ impl FsError {
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::BadHandle => libc::EBADF,
             FsError::TooLarge => libc::EFBIG,
+            FsError::NoAttribute => libc::ENODATA,
+            FsError::ValueTooLarge => libc::E2BIG,
+            FsError::OutOfRange => libc::ERANGE,
             FsError::Store(StoreError::DiskFull) => libc::ENOSPC,
             FsError::Store(StoreError::Locked) => libc::EBUSY,
             FsError::Store(_) => libc::EIO,

@@ -40,7 +40,7 @@ fn errno(error: &FsError) -> Errno {
     if error.is_fault() {
         log::error!("file system operation failed: {error}");
     } else {
-        log::trace!("file system operation answered: {error}");
+        log::trace!("file system operation returned: {error}");
     }
     Errno::from_i32(error.errno())
 }
@@ -49,6 +49,10 @@ fn file_type(kind: NodeKind) -> FileType {
     match kind {
         NodeKind::Directory => FileType::Directory,
         NodeKind::Symlink => FileType::Symlink,
+        NodeKind::Fifo => FileType::NamedPipe,
+        NodeKind::Socket => FileType::Socket,
+        NodeKind::CharDevice => FileType::CharDevice,
+        NodeKind::BlockDevice => FileType::BlockDevice,
         NodeKind::File | NodeKind::Deleted => FileType::RegularFile,
     }
 }
@@ -67,7 +71,7 @@ fn file_attr(attr: &Attr) -> FileAttr {
         nlink: attr.nlink,
         uid: attr.uid,
         gid: attr.gid,
-        rdev: 0,
+        rdev: attr.rdev,
         blksize: 4096,
         flags: 0,
     }
@@ -186,12 +190,13 @@ impl Filesystem for SynFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
+        let mode = (mode & libc::S_IFMT) | (mode & !umask & 0o7777);
         match self
             .core
-            .mknod(parent.0, name.as_bytes(), mode & !umask, caller(request))
+            .mknod(parent.0, name.as_bytes(), mode, rdev, caller(request))
         {
             Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
             Err(error) => reply.error(errno(&error)),
@@ -442,42 +447,59 @@ impl Filesystem for SynFs {
         }
     }
 
-    // NOTE: extended attributes are not stored yet: reads find none and
-    // writes answer EOPNOTSUPP, which tools such as cp -a accept.
     fn getxattr(
         &self,
         _request: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
+        ino: INodeNo,
+        name: &OsStr,
+        size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+        match self.core.getxattr(ino.0, name.as_bytes()) {
+            Ok(value) if size == 0 => reply.size(value.len() as u32),
+            Ok(value) if value.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+            Ok(value) => reply.data(&value),
+            Err(error) => reply.error(errno(&error)),
+        }
     }
 
-    fn listxattr(&self, _request: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
+    fn listxattr(&self, _request: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.core.listxattr(ino.0) {
+            Ok(names) if size == 0 => reply.size(names.len() as u32),
+            Ok(names) if names.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+            Ok(names) => reply.data(&names),
+            Err(error) => reply.error(errno(&error)),
         }
     }
 
     fn setxattr(
         &self,
         _request: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        let mode = if flags & libc::XATTR_CREATE != 0 {
+            super::XattrMode::Create
+        } else if flags & libc::XATTR_REPLACE != 0 {
+            super::XattrMode::Replace
+        } else {
+            super::XattrMode::Either
+        };
+        match self.core.setxattr(ino.0, name.as_bytes(), value, mode) {
+            Ok(()) => reply.ok(),
+            Err(error) => reply.error(errno(&error)),
+        }
     }
 
-    fn removexattr(&self, _request: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+    fn removexattr(&self, _request: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.core.removexattr(ino.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(error) => reply.error(errno(&error)),
+        }
     }
 
     fn access(

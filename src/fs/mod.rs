@@ -22,6 +22,21 @@ use open_file::OpenFile;
 /// Longest name Linux file systems accept, in bytes.
 pub const MAX_NAME_BYTES: usize = 255;
 
+/// Largest extended attribute value, and longest name, that Linux accepts.
+const MAX_XATTR_VALUE_BYTES: usize = 64 * 1024;
+const MAX_XATTR_NAME_BYTES: usize = 255;
+
+/// Extended attribute namespace that syn stores; others are unsupported.
+const USER_XATTR_PREFIX: &[u8] = b"user.";
+
+/// How `setxattr` treats an existing attribute (XATTR_CREATE, XATTR_REPLACE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrMode {
+    Either,
+    Create,
+    Replace,
+}
+
 /// The store shared by the file system and the sync task.
 pub type SharedStore = Arc<Mutex<Store>>;
 
@@ -47,6 +62,7 @@ pub struct Attr {
     pub atime: Timestamp,
     pub mtime: Timestamp,
     pub ctime: Timestamp,
+    pub rdev: u32,
 }
 
 /// Changes requested by `setattr`; `None` leaves a field as it is.
@@ -183,6 +199,7 @@ impl FsCore {
             atime: doc.atime,
             mtime,
             ctime: doc.ctime,
+            rdev: doc.rdev,
         }
     }
 
@@ -259,6 +276,7 @@ impl FsCore {
         mode: u32,
         caller: Caller,
         target: &[u8],
+        rdev: u32,
     ) -> FsResult<Attr> {
         Self::check_name(name)?;
         let state = self.state();
@@ -279,6 +297,7 @@ impl FsCore {
         }
         let mut doc = NodeDoc::new(kind, directory.id, name, mode, uid, gid);
         doc.target = target.to_vec();
+        doc.rdev = rdev;
         let id = NodeId::random();
 
         let touched = touch(&directory.doc, doc.mtime);
@@ -295,7 +314,7 @@ impl FsCore {
     }
 
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, caller: Caller) -> FsResult<Attr> {
-        self.create_node(parent, name, NodeKind::Directory, mode, caller, b"")
+        self.create_node(parent, name, NodeKind::Directory, mode, caller, b"", 0)
     }
 
     pub fn symlink(
@@ -308,16 +327,33 @@ impl FsCore {
         if target.is_empty() || target.len() > 4096 {
             return Err(FsError::InvalidArgument);
         }
-        self.create_node(parent, name, NodeKind::Symlink, 0o777, caller, target)
+        self.create_node(parent, name, NodeKind::Symlink, 0o777, caller, target, 0)
     }
 
-    /// Creates a regular file (mknod of S_IFREG); other special files are not
-    /// supported yet.
-    pub fn mknod(&self, parent: u64, name: &[u8], mode: u32, caller: Caller) -> FsResult<Attr> {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            return Err(FsError::NotSupported);
-        }
-        self.create_node(parent, name, NodeKind::File, mode, caller, b"")
+    /// Creates a regular file, a named pipe, a socket or a device node from
+    /// `mode`'s file type. Special files are metadata only.
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        let kind = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => NodeKind::File,
+            libc::S_IFIFO => NodeKind::Fifo,
+            libc::S_IFSOCK => NodeKind::Socket,
+            libc::S_IFCHR => NodeKind::CharDevice,
+            libc::S_IFBLK => NodeKind::BlockDevice,
+            _ => return Err(FsError::InvalidArgument),
+        };
+        let rdev = if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
+            rdev
+        } else {
+            0
+        };
+        self.create_node(parent, name, kind, mode, caller, b"", rdev)
     }
 
     /// Creates a file and opens it; returns its attributes and handle.
@@ -328,7 +364,7 @@ impl FsCore {
         mode: u32,
         caller: Caller,
     ) -> FsResult<(Attr, u64)> {
-        let attr = self.create_node(parent, name, NodeKind::File, mode, caller, b"")?;
+        let attr = self.create_node(parent, name, NodeKind::File, mode, caller, b"", 0)?;
         let handle = self.open(attr.ino)?;
         Ok((attr, handle))
     }
@@ -777,6 +813,94 @@ impl FsCore {
         // NOTE: later writes through the same handle go to the conflict copy's
         // node id, while the kernel still shows the original inode for it.
         open.id = copy_id;
+        Ok(())
+    }
+
+    fn check_xattr_name(name: &[u8]) -> FsResult<()> {
+        if name.len() > MAX_XATTR_NAME_BYTES {
+            return Err(FsError::OutOfRange);
+        }
+        if !name.starts_with(USER_XATTR_PREFIX) || name.len() == USER_XATTR_PREFIX.len() {
+            return Err(FsError::NotSupported);
+        }
+        Ok(())
+    }
+
+    fn xattr_node(store: &Store, state: &FsState, ino: u64) -> FsResult<NodeRow> {
+        match state.open_files.get(&ino) {
+            Some(open) => store
+                .node(&open.id)?
+                .filter(|row| !row.doc.is_deleted())
+                .ok_or(FsError::NotFound),
+            None => Self::live_node(store, ino),
+        }
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        let state = self.state();
+        let store = self.store();
+        let row = Self::xattr_node(&store, &state, ino)?;
+        if name.len() > MAX_XATTR_NAME_BYTES {
+            return Err(FsError::OutOfRange);
+        }
+        row.doc
+            .xattrs
+            .get(name)
+            .cloned()
+            .ok_or(FsError::NoAttribute)
+    }
+
+    /// The names of a node's extended attributes, each followed by a NUL.
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let state = self.state();
+        let store = self.store();
+        let row = Self::xattr_node(&store, &state, ino)?;
+        let mut names = Vec::new();
+        for name in row.doc.xattrs.keys() {
+            names.extend_from_slice(name);
+            names.push(0);
+        }
+        Ok(names)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], mode: XattrMode) -> FsResult<()> {
+        Self::check_xattr_name(name)?;
+        if value.len() > MAX_XATTR_VALUE_BYTES {
+            return Err(FsError::ValueTooLarge);
+        }
+        let state = self.state();
+        let mut store = self.store();
+        let row = Self::xattr_node(&store, &state, ino)?;
+        let exists = row.doc.xattrs.contains_key(name);
+        match mode {
+            XattrMode::Create if exists => return Err(FsError::Exists),
+            XattrMode::Replace if !exists => return Err(FsError::NoAttribute),
+            _ => {}
+        }
+        let mut doc = row.doc;
+        doc.xattrs.insert(name.to_vec(), value.to_vec());
+        doc.ctime = Timestamp::now();
+        store.commit(&[(row.id, &doc)])?;
+        drop(store);
+        self.changed();
+        Ok(())
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        if name.len() > MAX_XATTR_NAME_BYTES {
+            return Err(FsError::OutOfRange);
+        }
+        let state = self.state();
+        let mut store = self.store();
+        let row = Self::xattr_node(&store, &state, ino)?;
+        let mut doc = row.doc;
+        if doc.xattrs.remove(name).is_none() {
+            return Err(FsError::NoAttribute);
+        }
+        doc.ctime = Timestamp::now();
+        store.commit(&[(row.id, &doc)])?;
+        drop(store);
+        self.changed();
         Ok(())
     }
 

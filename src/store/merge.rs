@@ -18,8 +18,8 @@ fn location(doc: &NodeDoc) -> (&[u8], &[u8]) {
     (&doc.parent.0, &doc.name)
 }
 
-fn attributes(doc: &NodeDoc) -> (u32, u32, u32) {
-    (doc.mode, doc.uid, doc.gid)
+fn attributes(doc: &NodeDoc) -> (u32, u32, u32, &std::collections::BTreeMap<Vec<u8>, Vec<u8>>) {
+    (doc.mode, doc.uid, doc.gid, &doc.xattrs)
 }
 
 fn content(doc: &NodeDoc) -> (&super::Content, &[u8], super::Timestamp) {
@@ -59,6 +59,7 @@ pub fn merge(base: Option<&NodeDoc>, local: &NodeDoc, remote: &NodeDoc) -> Merge
         doc.mode = local.mode;
         doc.uid = local.uid;
         doc.gid = local.gid;
+        doc.xattrs = local.xattrs.clone();
     }
     if doc.kind == NodeKind::Directory {
         // A directory's only content is its mtime: the later one wins.

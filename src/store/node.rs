@@ -2,6 +2,7 @@
 //! attributes and its content manifest. It exists only in memory; the store
 //! and the server hold it sealed.
 
+use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,10 @@ use crate::crypto::{BlockId, NodeId};
 /// of the vault's owner shows as owned by whoever mounts on each device.
 pub const VAULT_OWNER: u32 = u32::MAX;
 
+/// Version of the serialized document, its first byte, so later versions can
+/// add fields and still read old documents.
+const DOCUMENT_FORMAT: u8 = 1;
+
 /// Block size of new files: 64 KiB.
 pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
 
@@ -20,6 +25,11 @@ pub enum NodeKind {
     File,
     Directory,
     Symlink,
+    /// Named pipes, sockets and device nodes: metadata only, no content.
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
     /// A deleted node: its document stays so the deletion syncs.
     Deleted,
 }
@@ -112,6 +122,10 @@ pub struct NodeDoc {
     pub content: Content,
     /// Symlink target; empty for other kinds.
     pub target: Vec<u8>,
+    /// Device number of a device node; 0 for other kinds.
+    pub rdev: u32,
+    /// Extended attributes by full name (such as `user.comment`).
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl NodeDoc {
@@ -129,6 +143,8 @@ impl NodeDoc {
             ctime: now,
             content: Content::empty(),
             target: Vec::new(),
+            rdev: 0,
+            xattrs: BTreeMap::new(),
         }
     }
 
@@ -147,6 +163,8 @@ impl NodeDoc {
             ctime: Timestamp::default(),
             content: Content::default(),
             target: Vec::new(),
+            rdev: 0,
+            xattrs: BTreeMap::new(),
         }
     }
 
@@ -155,11 +173,18 @@ impl NodeDoc {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("a node document always serializes")
+        let mut bytes = vec![DOCUMENT_FORMAT];
+        bytes.extend(postcard::to_stdvec(self).expect("a node document always serializes"));
+        bytes
     }
 
+    /// Parses a document, or `None` for bytes of an unknown format.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        postcard::from_bytes(bytes).ok()
+        let (&format, rest) = bytes.split_first()?;
+        if format != DOCUMENT_FORMAT {
+            return None;
+        }
+        postcard::from_bytes(rest).ok()
     }
 }
 
