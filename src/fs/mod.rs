@@ -95,7 +95,26 @@ pub struct FsStats {
     pub block_size: u32,
 }
 
-/// Who creates a node: the caller's uid and gid.
+/// What kind of node `create_node` makes, with its kind-specific fields.
+struct NewNode<'a> {
+    kind: NodeKind,
+    mode: u32,
+    target: &'a [u8],
+    rdev: u32,
+}
+
+impl NewNode<'_> {
+    fn plain(kind: NodeKind, mode: u32) -> Self {
+        NewNode {
+            kind,
+            mode,
+            target: b"",
+            rdev: 0,
+        }
+    }
+}
+
+/// The caller of an operation that creates a node: its uid and gid.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
     pub uid: u32,
@@ -272,12 +291,15 @@ impl FsCore {
         &self,
         parent: u64,
         name: &[u8],
-        kind: NodeKind,
-        mode: u32,
+        new: NewNode<'_>,
         caller: Caller,
-        target: &[u8],
-        rdev: u32,
     ) -> FsResult<Attr> {
+        let NewNode {
+            kind,
+            mode,
+            target,
+            rdev,
+        } = new;
         Self::check_name(name)?;
         let state = self.state();
         let mut store = self.store();
@@ -314,7 +336,12 @@ impl FsCore {
     }
 
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, caller: Caller) -> FsResult<Attr> {
-        self.create_node(parent, name, NodeKind::Directory, mode, caller, b"", 0)
+        self.create_node(
+            parent,
+            name,
+            NewNode::plain(NodeKind::Directory, mode),
+            caller,
+        )
     }
 
     pub fn symlink(
@@ -327,7 +354,17 @@ impl FsCore {
         if target.is_empty() || target.len() > 4096 {
             return Err(FsError::InvalidArgument);
         }
-        self.create_node(parent, name, NodeKind::Symlink, 0o777, caller, target, 0)
+        self.create_node(
+            parent,
+            name,
+            NewNode {
+                kind: NodeKind::Symlink,
+                mode: 0o777,
+                target,
+                rdev: 0,
+            },
+            caller,
+        )
     }
 
     /// Creates a regular file, a named pipe, a socket or a device node from
@@ -353,7 +390,17 @@ impl FsCore {
         } else {
             0
         };
-        self.create_node(parent, name, kind, mode, caller, b"", rdev)
+        self.create_node(
+            parent,
+            name,
+            NewNode {
+                kind,
+                mode,
+                target: b"",
+                rdev,
+            },
+            caller,
+        )
     }
 
     /// Creates a file and opens it; returns its attributes and handle.
@@ -364,7 +411,7 @@ impl FsCore {
         mode: u32,
         caller: Caller,
     ) -> FsResult<(Attr, u64)> {
-        let attr = self.create_node(parent, name, NodeKind::File, mode, caller, b"", 0)?;
+        let attr = self.create_node(parent, name, NewNode::plain(NodeKind::File, mode), caller)?;
         let handle = self.open(attr.ino)?;
         Ok((attr, handle))
     }
