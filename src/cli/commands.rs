@@ -179,16 +179,20 @@ pub fn mount(
     store_dir: &Path,
     mountpoint: &Path,
     foreground: bool,
+    allow_other: bool,
     passphrase_file: Option<&Path>,
 ) -> Result<(), CliError> {
     if !store_dir.join("store.db").exists() {
         return Err(StoreError::Missing(store_dir.to_path_buf()).into());
     }
     let mountpoint = daemon::check_mountpoint(mountpoint)?;
+    if allow_other {
+        daemon::check_allow_other()?;
+    }
     let passphrase = passphrase::read(passphrase_file)?;
 
     if foreground {
-        daemon::run(store_dir, &mountpoint, &passphrase, || {
+        daemon::run(store_dir, &mountpoint, allow_other, &passphrase, || {
             eprintln!(
                 "Mounted on {}; press Ctrl-C to unmount.",
                 mountpoint.display()
@@ -210,7 +214,7 @@ pub fn mount(
         detach::Side::Parent(Err(message)) => Err(CliError::new(message)),
         detach::Side::Child(readiness) => {
             let readiness = Cell::new(Some(readiness));
-            let outcome = daemon::run(store_dir, &mountpoint, &passphrase, || {
+            let outcome = daemon::run(store_dir, &mountpoint, allow_other, &passphrase, || {
                 if let Some(readiness) = readiness.take() {
                     readiness.ready();
                 }

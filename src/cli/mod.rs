@@ -142,6 +142,10 @@ enum Command {
         /// Stay in the foreground, logging to stderr.
         #[arg(long)]
         foreground: bool,
+        /// Let other users' programs use the mount (FUSE allow_other); file
+        /// permissions still apply.
+        #[arg(long)]
+        allow_other: bool,
         #[command(flatten)]
         passphrase: PassphraseArg,
     },
@@ -284,11 +288,13 @@ fn run(command: Command) -> Result<(), CliError> {
             store,
             mountpoint,
             foreground,
+            allow_other,
             passphrase,
         } => commands::mount(
             &store.resolve()?,
             &mountpoint,
             foreground,
+            allow_other,
             passphrase.passphrase_file.as_deref(),
         ),
         Command::Unmount {

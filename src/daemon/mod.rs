@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use fuser::{Config, INodeNo, MountOption, Notifier, Session};
+use fuser::{Config, INodeNo, MountOption, Notifier, Session, SessionACL};
 
 use crate::crypto::Passphrase;
 use crate::fs::fuse::SynFs;
@@ -278,7 +278,25 @@ fn start_sync(
     Ok(Some(handle))
 }
 
-fn mount_config(store_dir: &Path) -> Config {
+/// Checks that FUSE lets this user open the mount to others: root always
+/// may; other users need `user_allow_other` in /etc/fuse.conf.
+pub fn check_allow_other() -> Result<(), DaemonError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let config = std::fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
+    let allowed = config.lines().any(|line| line.trim() == "user_allow_other");
+    if allowed {
+        return Ok(());
+    }
+    Err(DaemonError::MountPoint {
+        path: PathBuf::from("/etc/fuse.conf"),
+        reason: "--allow-other needs the line user_allow_other in /etc/fuse.conf for users other than root; add it as root".into(),
+    })
+}
+
+fn mount_config(store_dir: &Path, allow_other: bool) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!(
@@ -292,6 +310,9 @@ fn mount_config(store_dir: &Path) -> Config {
         MountOption::NoSuid,
     ];
     config.n_threads = Some(FUSE_THREADS);
+    if allow_other {
+        config.acl = SessionACL::All;
+    }
     config
 }
 
@@ -300,6 +321,7 @@ fn mount_config(store_dir: &Path) -> Config {
 pub fn run(
     store_dir: &Path,
     mountpoint: &Path,
+    allow_other: bool,
     passphrase: &Passphrase,
     on_ready: impl FnOnce(),
 ) -> Result<(), DaemonError> {
@@ -333,7 +355,7 @@ pub fn run(
     let session = Session::new(
         SynFs::new(core.clone()),
         mountpoint,
-        &mount_config(store_dir),
+        &mount_config(store_dir, allow_other),
     );
     let session = match session {
         Ok(session) => session,

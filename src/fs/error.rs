@@ -25,6 +25,8 @@ pub enum FsError {
     BadHandle,
     #[error("file too large")]
     TooLarge,
+    #[error("no data or hole past the offset")]
+    NoSuchOffset,
     #[error("no such attribute")]
     NoAttribute,
     #[error("attribute value too large")]
@@ -49,6 +51,7 @@ impl FsError {
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::BadHandle => libc::EBADF,
             FsError::TooLarge => libc::EFBIG,
+            FsError::NoSuchOffset => libc::ENXIO,
             FsError::NoAttribute => libc::ENODATA,
             FsError::ValueTooLarge => libc::E2BIG,
             FsError::OutOfRange => libc::ERANGE,

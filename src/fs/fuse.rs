@@ -513,6 +513,50 @@ impl Filesystem for SynFs {
         reply.ok();
     }
 
+    fn fallocate(
+        &self,
+        _request: &Request,
+        ino: INodeNo,
+        _handle: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.core.fallocate(ino.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(error) => reply.error(errno(&error)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _request: &Request,
+        ino: INodeNo,
+        _handle: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        // The kernel handles SEEK_SET, SEEK_CUR and SEEK_END itself.
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => {
+                reply.error(Errno::EINVAL);
+                return;
+            }
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            reply.error(Errno::from_i32(libc::ENXIO));
+            return;
+        };
+        match self.core.seek_data_or_hole(ino.0, offset, data) {
+            Ok(found) => reply.offset(found as i64),
+            Err(error) => reply.error(errno(&error)),
+        }
+    }
+
     fn ioctl(
         &self,
         _request: &Request,

@@ -190,7 +190,7 @@ impl FsCore {
         (uid, gid)
     }
 
-    fn attr_of(&self, state: &FsState, row: &NodeRow) -> Attr {
+    fn attr_of(&self, state: &FsState, store: &Store, row: &NodeRow) -> FsResult<Attr> {
         let doc = &row.doc;
         let (size, mtime) = match state.open_files.get(&row.ino) {
             Some(open) => (open.content.size, open.mtime),
@@ -201,25 +201,35 @@ impl FsCore {
             },
         };
         let shown = |stored: u32, owner: u32| if stored == VAULT_OWNER { owner } else { stored };
-        Attr {
+        Ok(Attr {
             ino: row.ino,
             kind: doc.kind,
             size,
             mode: doc.mode,
-            // NOTE: directories report 2 links whatever their subdirectories;
-            // counting them needs each child's kind without decrypting it.
-            nlink: if doc.kind == NodeKind::Directory {
-                2
-            } else {
-                1
-            },
+            nlink: Self::link_count(store, row)?,
             uid: shown(doc.uid, self.owner.uid),
             gid: shown(doc.gid, self.owner.gid),
             atime: doc.atime,
             mtime,
             ctime: doc.ctime,
             rdev: doc.rdev,
+        })
+    }
+
+    /// 1 for a file; for a directory 2 plus its subdirectories, as on ext4.
+    ///
+    /// NOTE: this decrypts every child of the directory on each call; an
+    /// encrypted per-directory count would make it constant time.
+    fn link_count(store: &Store, row: &NodeRow) -> FsResult<u32> {
+        if row.doc.kind != NodeKind::Directory {
+            return Ok(1);
         }
+        let children = store.children(&row.id)?;
+        let subdirectories = children
+            .iter()
+            .filter(|child| child.doc.kind == NodeKind::Directory)
+            .count();
+        Ok(2 + subdirectories as u32)
     }
 
     fn live_node(store: &Store, ino: u64) -> FsResult<NodeRow> {
@@ -266,7 +276,7 @@ impl FsCore {
         let row = store
             .lookup(&directory.id, name)?
             .ok_or(FsError::NotFound)?;
-        Ok(self.attr_of(&state, &row))
+        self.attr_of(&state, &store, &row)
     }
 
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
@@ -275,7 +285,7 @@ impl FsCore {
         if let Some(open) = state.open_files.get(&ino) {
             // A file unlinked while open is still there for its handles.
             if let Some(row) = store.node(&open.id)? {
-                let mut attr = self.attr_of(&state, &row);
+                let mut attr = self.attr_of(&state, &store, &row)?;
                 if row.doc.is_deleted() {
                     attr.kind = NodeKind::File;
                     attr.nlink = 0;
@@ -284,7 +294,7 @@ impl FsCore {
             }
         }
         let row = Self::live_node(&store, ino)?;
-        Ok(self.attr_of(&state, &row))
+        self.attr_of(&state, &store, &row)
     }
 
     fn create_node(
@@ -330,9 +340,10 @@ impl FsCore {
             doc,
             remote_revision: 0,
         };
+        let attr = self.attr_of(&state, &store, &row)?;
         drop(store);
         self.changed();
-        Ok(self.attr_of(&state, &row))
+        Ok(attr)
     }
 
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, caller: Caller) -> FsResult<Attr> {
@@ -652,7 +663,7 @@ impl FsCore {
             }
         }
         let updated = NodeRow { doc, ..row };
-        let attr = self.attr_of(&state, &updated);
+        let attr = self.attr_of(&state, &store, &updated)?;
         drop(store);
         self.changed();
         Ok(attr)
@@ -722,6 +733,39 @@ impl FsCore {
             self.changed();
         }
         Ok(data.len() as u32)
+    }
+
+    /// Implements fallocate: plain (grow the size), KEEP_SIZE (nothing to
+    /// reserve in a sparse store) and PUNCH_HOLE; other modes are unsupported.
+    pub fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch_hole = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        if mode & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) != 0
+            || (punch_hole && !keep_size)
+        {
+            return Err(FsError::NotSupported);
+        }
+        let mut state = self.state();
+        let mut store = self.store();
+        let open = state.open_files.get_mut(&ino).ok_or(FsError::BadHandle)?;
+        if punch_hole {
+            open.punch_hole(&mut store, offset, length)?;
+        } else if !keep_size {
+            open.extend_to(offset.checked_add(length).ok_or(FsError::TooLarge)?)?;
+        }
+        Ok(())
+    }
+
+    /// Finds the next data (`data` true) or hole at or after `offset`.
+    pub fn seek_data_or_hole(&self, ino: u64, offset: u64, data: bool) -> FsResult<u64> {
+        let state = self.state();
+        if let Some(open) = state.open_files.get(&ino) {
+            return open.seek(offset, data);
+        }
+        let store = self.store();
+        let row = Self::live_node(&store, ino)?;
+        OpenFile::new(row.id, row.doc.content, row.doc.mtime, row.remote_revision)
+            .seek(offset, data)
     }
 
     /// Commits the working copy of `ino` if it changed; `durable` also makes

@@ -178,6 +178,79 @@ impl OpenFile {
         Ok(())
     }
 
+    /// Zeros `length` bytes from `offset` (fallocate PUNCH_HOLE): whole
+    /// blocks become holes, partial ones are rewritten with zeros.
+    pub fn punch_hole(&mut self, store: &mut Store, offset: u64, length: u64) -> FsResult<()> {
+        let end = offset.saturating_add(length).min(self.content.size);
+        let block_size = self.block_size();
+        let mut position = offset;
+        while position < end {
+            let index = position / block_size;
+            let block_start = index * block_size;
+            let from = (position - block_start) as usize;
+            let to = ((end - block_start).min(block_size)) as usize;
+            if from == 0 && to as u64 == block_size.min(self.content.size - block_start) {
+                self.dirty_blocks.remove(&index);
+                self.content.blocks[index as usize] = BlockId::HOLE;
+            } else {
+                let mut buffer = match self.dirty_blocks.remove(&index) {
+                    Some(buffer) => buffer,
+                    None => self.stored_block(store, index)?,
+                };
+                let zero_to = to.min(buffer.len());
+                if from < zero_to {
+                    buffer[from..zero_to].fill(0);
+                }
+                self.dirty_blocks.insert(index, buffer);
+            }
+            position = block_start + to as u64;
+        }
+        self.mtime = Timestamp::now();
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Grows the file to `size` with a hole, if it is smaller (fallocate
+    /// without KEEP_SIZE; syn stores files sparse, so nothing is reserved).
+    pub fn extend_to(&mut self, size: u64) -> FsResult<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::TooLarge);
+        }
+        if size > self.content.size {
+            self.content.size = size;
+            self.resize_manifest(size);
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    fn is_data(&self, index: u64) -> bool {
+        self.dirty_blocks.contains_key(&index)
+            || self
+                .content
+                .blocks
+                .get(index as usize)
+                .is_some_and(|id| !id.is_hole())
+    }
+
+    /// The offset of the first data (`data` true) or hole at or after
+    /// `offset`, at block granularity, as lseek SEEK_DATA and SEEK_HOLE
+    /// return it. The end of the file counts as a hole.
+    pub fn seek(&self, offset: u64, data: bool) -> FsResult<u64> {
+        let size = self.content.size;
+        if offset >= size {
+            return Err(FsError::NoSuchOffset);
+        }
+        let block_size = self.block_size();
+        let first = offset / block_size;
+        let found = (first..self.content.block_count()).find(|&index| self.is_data(index) == data);
+        match (found, data) {
+            (Some(index), _) => Ok((index * block_size).max(offset)),
+            (None, true) => Err(FsError::NoSuchOffset),
+            (None, false) => Ok(size),
+        }
+    }
+
     /// Seals every dirty block into the store and records it in the manifest.
     pub fn seal_dirty_blocks(&mut self, store: &mut Store) -> FsResult<()> {
         // A buffer leaves the map only once it is sealed, so a failure (a

@@ -251,6 +251,14 @@ impl Device {
         self.mounted = true;
     }
 
+    /// Records a mount made by the test itself, so drop unmounts it.
+    pub fn mark_mounted(&mut self) {
+        self.mounted = true;
+        if self.watchdog.is_none() {
+            self.watchdog = Some(start_watchdog(self.mountpoint.clone()));
+        }
+    }
+
     pub fn unmount(&mut self) {
         run_ok(syn().arg("unmount").arg(&self.mountpoint));
         self.mounted = false;

@@ -1,0 +1,185 @@
+//! POSIX details on a real mount: directory link counts, fallocate,
+//! SEEK_DATA and SEEK_HOLE, and access by other users with --allow-other.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::process::Command;
+
+use common::{Device, run_ok, syn};
+
+const BLOCK: u64 = 64 * 1024;
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+#[test]
+fn directory_link_count_counts_subdirectories() {
+    let mut device = Device::local();
+    device.mount();
+    let top = device.path("top");
+    fs::create_dir(&top).unwrap();
+    assert_eq!(fs::metadata(&top).unwrap().nlink(), 2, "empty directory");
+    fs::create_dir(top.join("a")).unwrap();
+    fs::create_dir(top.join("b")).unwrap();
+    fs::write(top.join("file"), b"x").unwrap();
+    assert_eq!(
+        fs::metadata(&top).unwrap().nlink(),
+        4,
+        "two subdirectories, one file"
+    );
+    fs::remove_dir(top.join("a")).unwrap();
+    assert_eq!(fs::metadata(&top).unwrap().nlink(), 3, "after rmdir");
+}
+
+#[test]
+fn fallocate_grows_or_keeps_size() {
+    let mut device = Device::local();
+    device.mount();
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(device.path("f"))
+        .unwrap();
+    // SAFETY: fallocate on a descriptor this test owns.
+    let grown = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, 100_000) };
+    assert_eq!(grown, 0, "plain fallocate: errno {}", errno());
+    assert_eq!(
+        file.metadata().unwrap().len(),
+        100_000,
+        "plain fallocate grows the file"
+    );
+
+    // SAFETY: as above.
+    let kept = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 500_000) };
+    assert_eq!(kept, 0, "KEEP_SIZE: errno {}", errno());
+    assert_eq!(
+        file.metadata().unwrap().len(),
+        100_000,
+        "KEEP_SIZE leaves the size"
+    );
+    assert_eq!(
+        fs::read(device.path("f")).unwrap(),
+        vec![0u8; 100_000],
+        "allocated bytes read as zeros"
+    );
+}
+
+#[test]
+fn punch_hole_zeros_the_range() {
+    let mut device = Device::local();
+    device.mount();
+    let path = device.path("holey");
+    let content = common::pseudo_random_bytes(4 * BLOCK as usize, 7);
+    fs::write(&path, &content).unwrap();
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: fallocate on a descriptor this test owns.
+    let punched = unsafe { libc::fallocate(file.as_raw_fd(), mode, 1000, (2 * BLOCK) as i64) };
+    assert_eq!(punched, 0, "punch hole: errno {}", errno());
+    drop(file);
+
+    let mut expected = content.clone();
+    expected[1000..1000 + 2 * BLOCK as usize].fill(0);
+    let actual = fs::read(&path).unwrap();
+    assert_eq!(actual.len(), expected.len(), "size is kept");
+    assert!(
+        actual == expected,
+        "the punched range reads as zeros and the rest is intact"
+    );
+}
+
+#[test]
+fn seek_data_and_hole_find_the_sparse_parts() {
+    let mut device = Device::local();
+    device.mount();
+    let path = device.path("sparse");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(b"data at the start", 0).unwrap();
+    file.write_all_at(b"data far away", 10 * BLOCK).unwrap();
+    file.sync_all().unwrap();
+    let fd = file.as_raw_fd();
+    // SAFETY: lseek on a descriptor this test owns.
+    let seek = |offset: i64, whence: i32| unsafe { libc::lseek(fd, offset, whence) };
+
+    assert_eq!(seek(0, libc::SEEK_DATA), 0, "data at the start");
+    assert_eq!(
+        seek(0, libc::SEEK_HOLE),
+        BLOCK as i64,
+        "hole after the first block"
+    );
+    assert_eq!(
+        seek(BLOCK as i64, libc::SEEK_DATA),
+        (10 * BLOCK) as i64,
+        "next data far away"
+    );
+    let size = (10 * BLOCK + 13) as i64;
+    assert_eq!(
+        seek(10 * BLOCK as i64, libc::SEEK_HOLE),
+        size,
+        "the end counts as a hole"
+    );
+    assert_eq!(seek(size, libc::SEEK_DATA), -1, "no data past the end");
+    assert_eq!(errno(), libc::ENXIO, "ENXIO past the end");
+}
+
+#[test]
+fn allow_other_admits_other_users_under_permissions() {
+    let device = Device::local();
+    let mut device = device;
+    run_ok(
+        syn()
+            .args(["mount", "--allow-other", "--store"])
+            .arg(&device.store)
+            .arg(&device.mountpoint),
+    );
+    device.mark_mounted();
+    fs::set_permissions(&device.mountpoint, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(device.path("public"), b"readable by all").unwrap();
+    fs::set_permissions(device.path("public"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(device.path("private"), b"owner only").unwrap();
+    fs::set_permissions(device.path("private"), fs::Permissions::from_mode(0o600)).unwrap();
+
+    // The temp dir above the mount point must let nobody through.
+    let parent = device.mountpoint.parent().unwrap();
+    fs::set_permissions(parent, fs::Permissions::from_mode(0o755)).unwrap();
+    let read_as_nobody = |name: &str| {
+        Command::new("runuser")
+            .args(["-u", "nobody", "--", "cat"])
+            .arg(device.path(name))
+            .output()
+            .expect("cannot run runuser")
+    };
+    let public = read_as_nobody("public");
+    assert!(
+        public.status.success(),
+        "nobody reads a 0644 file: {}",
+        String::from_utf8_lossy(&public.stderr)
+    );
+    assert_eq!(public.stdout, b"readable by all");
+    let private = read_as_nobody("private");
+    assert!(
+        !private.status.success(),
+        "nobody must not read a 0600 file"
+    );
+    assert!(
+        String::from_utf8_lossy(&private.stderr).contains("Permission denied"),
+        "EACCES for the 0600 file"
+    );
+}
