@@ -459,8 +459,21 @@ fn write_node(
     id: &NodeId,
     doc: &NodeDoc,
 ) -> Result<u64, StoreError> {
+    write_node_tagged(transaction, keys, id, doc, true)
+}
+
+/// Writes a node row; with `tagged` false it leaves the node out of the
+/// name and directory indexes, for a page of remote changes whose
+/// intermediate states may briefly share a name.
+fn write_node_tagged(
+    transaction: &rusqlite::Transaction<'_>,
+    keys: &VaultKeys,
+    id: &NodeId,
+    doc: &NodeDoc,
+    tagged: bool,
+) -> Result<u64, StoreError> {
     let sealed = keys.seal_document(id, &doc.to_bytes());
-    let (directory_tag, name_tag) = if doc.is_deleted() || *id == NodeId::ROOT {
+    let (directory_tag, name_tag) = if !tagged || doc.is_deleted() || *id == NodeId::ROOT {
         (None, None)
     } else {
         (

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 
 use super::merge::merge;
 use super::node::{NodeDoc, NodeKind};
-use super::{DATABASE_FILE, Store, StoreError, write_node};
+use super::{DATABASE_FILE, Store, StoreError, write_node, write_node_tagged};
 use crate::crypto::{BlockId, NodeId};
 
 /// Longest name a conflict copy may get, the limit of Linux file systems.
@@ -167,7 +167,7 @@ impl Store {
         let mut statement = self.connection.prepare_cached(
             "SELECT changes.node, max(changes.seq), nodes.generation, nodes.document
              FROM changes JOIN nodes ON nodes.id = changes.node
-             GROUP BY changes.node ORDER BY min(changes.seq) LIMIT ?1",
+             GROUP BY changes.node ORDER BY max(changes.seq) LIMIT ?1",
         )?;
         let rows: Vec<(Vec<u8>, i64, i64, Vec<u8>)> = statement
             .query_map([limit as i64], |row| {
@@ -301,10 +301,15 @@ impl Store {
             keys: &self.keys,
             device: &device,
         };
+        // Documents are written first without their name tags, then placed,
+        // so a page that frees a name and takes it again (a safe save's
+        // rename over the old file) is judged by its final state only.
+        let mut staged = Vec::new();
         for (document, remote) in opened {
-            if let Some(change) = context.apply_one(document, remote, &mut conflicts)? {
-                applied.push(change);
-            }
+            staged.extend(context.stage(document, remote, &mut conflicts)?);
+        }
+        for node in staged {
+            applied.push(context.place(node)?);
         }
         set_meta_u64(&transaction, "cursor", cursor)?;
         if conflicts > 0 {
@@ -321,6 +326,17 @@ struct ApplyContext<'a> {
     store_dir: &'a PathBuf,
     keys: &'a crate::crypto::VaultKeys,
     device: &'a str,
+}
+
+/// A remote change written but not yet placed in the name indexes.
+struct StagedNode {
+    id: NodeId,
+    ino: u64,
+    doc: NodeDoc,
+    /// True when the node already has a change logged to push.
+    logged: bool,
+    /// Directory inode and name the node had before, for invalidation.
+    old_entry: Option<(u64, Vec<u8>)>,
 }
 
 struct LocalState {
@@ -402,24 +418,26 @@ impl ApplyContext<'_> {
         Ok(())
     }
 
-    fn apply_one(
+    /// Merges one remote document into the store, untagged, and returns the
+    /// nodes to place: the node itself and any conflict copy.
+    fn stage(
         &mut self,
         document: &RemoteDocument,
         remote: NodeDoc,
         conflicts: &mut u64,
-    ) -> Result<Option<AppliedChange>, StoreError> {
+    ) -> Result<Vec<StagedNode>, StoreError> {
         if document.id == NodeId::ROOT {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let local = self.local_state(&document.id)?;
         if let Some(local) = &local {
             // Our own accepted push coming back, or a page re-sent after a retry.
             if document.generation <= local.generation {
-                return Ok(None);
+                return Ok(Vec::new());
             }
         }
 
-        let (mut doc, conflict_copy, old_entry) = match &local {
+        let (doc, conflict_copy, old_entry) = match &local {
             None => (remote.clone(), None, None),
             Some(local) if !local.dirty => (remote.clone(), None, self.entry_of(&local.doc)?),
             Some(local) => {
@@ -428,39 +446,65 @@ impl ApplyContext<'_> {
             }
         };
 
-        let mut entries: Vec<(u64, Vec<u8>)> = old_entry.into_iter().collect();
+        let mut staged = Vec::new();
         if let Some(mut copy) = conflict_copy {
             copy.name = conflict_name(&copy.name, self.device, unix_now());
             let copy_id = NodeId::random();
-            self.place_without_collision(&copy_id, &mut copy)?;
-            write_node(self.transaction, self.keys, &copy_id, &copy)?;
+            let ino = write_node_tagged(self.transaction, self.keys, &copy_id, &copy, false)?;
             self.log_change(&copy_id)?;
-            entries.extend(self.entry_of(&copy)?);
             *conflicts += 1;
+            staged.push(StagedNode {
+                id: copy_id,
+                ino,
+                doc: copy,
+                logged: true,
+                old_entry: None,
+            });
         }
-        let renamed_here = self.place_without_collision(&document.id, &mut doc)?;
 
-        let ino = write_node(self.transaction, self.keys, &document.id, &doc)?;
+        let ino = write_node_tagged(self.transaction, self.keys, &document.id, &doc, false)?;
         self.transaction.execute(
             "UPDATE nodes SET generation = ?2, base = ?3, remote_revision = remote_revision + 1
              WHERE id = ?1",
             params![document.id.0, document.generation as i64, document.sealed],
         )?;
-        if renamed_here || doc != remote {
-            if !local.as_ref().is_some_and(|local| local.dirty) {
+        let was_dirty = local.as_ref().is_some_and(|local| local.dirty);
+        let logged = if doc != remote {
+            if !was_dirty {
                 self.log_change(&document.id)?;
             }
+            true
         } else {
             self.transaction.execute(
                 "DELETE FROM changes WHERE node = ?1",
                 [document.id.0.as_slice()],
             )?;
-        }
-        entries.extend(self.entry_of(&doc)?);
-        Ok(Some(AppliedChange {
+            false
+        };
+        staged.push(StagedNode {
+            id: document.id,
             ino: local.map_or(ino, |local| local.ino),
+            doc,
+            logged,
+            old_entry,
+        });
+        Ok(staged)
+    }
+
+    /// Puts a staged node into the name indexes, resolving a name collision
+    /// that remains once the whole page is applied.
+    fn place(&mut self, mut node: StagedNode) -> Result<AppliedChange, StoreError> {
+        let renamed = self.place_without_collision(&node.id, &mut node.doc)?;
+        write_node(self.transaction, self.keys, &node.id, &node.doc)?;
+        if renamed && !node.logged {
+            self.log_change(&node.id)?;
+        }
+        let mut entries: Vec<(u64, Vec<u8>)> = node.old_entry.into_iter().collect();
+        entries.extend(self.entry_of(&node.doc)?);
+        Ok(AppliedChange {
+            ino: node.ino,
             entries,
-        }))
+        })
     }
 
     /// Makes room for `doc` at its name: when another node holds the name,
