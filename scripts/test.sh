@@ -8,7 +8,7 @@ bash scripts/deps.sh
 
 # Programs that the integration tests run on the mount.
 missing=()
-for tool in git sqlite3 python3 runuser; do
+for tool in git sqlite3 python3 runuser rsync gio; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -16,6 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     for tool in "${missing[@]}"; do
         case "$tool" in
             runuser) packages+=(util-linux) ;;
+            gio) packages+=(libglib2.0-bin) ;;
             *) packages+=("$tool") ;;
         esac
     done

@@ -206,3 +206,210 @@ fn shared_writable_mmap_reaches_the_store() {
     );
     assert_eq!(content.len(), 200_000, "size unchanged");
 }
+
+/// A small tree with nested directories, a symlink, modes and old mtimes.
+fn sample_tree(root: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let tree = root.join("tree");
+    fs::create_dir_all(tree.join("docs/deep")).unwrap();
+    for index in 0..30 {
+        fs::write(
+            tree.join(format!("docs/file{index}.txt")),
+            format!("line {index}\n").repeat(index * 50 + 1),
+        )
+        .unwrap();
+    }
+    fs::write(
+        tree.join("docs/deep/binary.bin"),
+        common::pseudo_random_bytes(300_000, 11),
+    )
+    .unwrap();
+    fs::write(tree.join("script.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(tree.join("script.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("docs/file3.txt", tree.join("link")).unwrap();
+    let old = std::time::UNIX_EPOCH + std::time::Duration::new(1_500_000_000, 123_456_789);
+    fs::File::open(tree.join("docs/file1.txt"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    tree
+}
+
+/// Compares content with diff and metadata with find; `nanoseconds` false
+/// compares mtimes to the second, for tools that skip setting a time that
+/// already matches to the second (rsync).
+fn assert_same_tree(expected: &Path, actual: &Path, nanoseconds: bool) {
+    run(Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(expected)
+        .arg(actual));
+    let format = if nanoseconds {
+        "%p %m %s %T@ %l\\n"
+    } else {
+        "%p %m %s %Ts %l\\n"
+    };
+    let listing = |root: &Path| {
+        run(Command::new("find")
+            .arg(".")
+            .args(["-printf", format])
+            .current_dir(root))
+    };
+    let mut expected_lines: Vec<String> = listing(expected).lines().map(str::to_string).collect();
+    let mut actual_lines: Vec<String> = listing(actual).lines().map(str::to_string).collect();
+    // The top directory's own mtime changes as entries are created in it.
+    expected_lines.retain(|line| !line.starts_with(". "));
+    actual_lines.retain(|line| !line.starts_with(". "));
+    expected_lines.sort();
+    actual_lines.sort();
+    assert_eq!(
+        expected_lines, actual_lines,
+        "paths, modes, sizes, mtimes and link targets"
+    );
+}
+
+#[test]
+fn rsync_twice_transfers_nothing_the_second_time() {
+    let scratch = common::temp_dir();
+    let tree = sample_tree(scratch.path());
+    let mut device = Device::local();
+    device.mount();
+    let target = device.path("copy");
+    let mut source = tree.as_os_str().to_owned();
+    source.push("/");
+    run(Command::new("rsync").arg("-aHAX").arg(&source).arg(&target));
+    assert_same_tree(&tree, &target, false);
+
+    let second = run(Command::new("rsync")
+        .args(["-aHAX", "--stats"])
+        .arg(&source)
+        .arg(&target));
+    assert!(
+        second.contains("Number of regular files transferred: 0"),
+        "the second rsync transferred files:\n{second}"
+    );
+}
+
+#[test]
+fn cp_and_tar_round_trips_preserve_the_tree() {
+    let scratch = common::temp_dir();
+    let tree = sample_tree(scratch.path());
+    let mut device = Device::local();
+    device.mount();
+
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(&tree)
+        .arg(device.path("cp-copy")));
+    assert_same_tree(&tree, &device.path("cp-copy"), true);
+
+    let archive = scratch.path().join("tree.tar");
+    // The POSIX (pax) format keeps nanosecond mtimes.
+    run(Command::new("tar")
+        .args(["--format=posix", "-cf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&tree)
+        .arg("."));
+    fs::create_dir(device.path("untarred")).unwrap();
+    run(Command::new("tar")
+        .arg("-xpf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(device.path("untarred")));
+    assert_same_tree(&tree, &device.path("untarred"), true);
+
+    let back = scratch.path().join("back");
+    fs::create_dir(&back).unwrap();
+    let mounted_archive = device.path("tree.tar");
+    run(Command::new("tar")
+        .args(["--format=posix", "-cf"])
+        .arg(&mounted_archive)
+        .arg("-C")
+        .arg(device.path("untarred"))
+        .arg("."));
+    run(Command::new("tar")
+        .arg("-xpf")
+        .arg(&mounted_archive)
+        .arg("-C")
+        .arg(&back));
+    assert_same_tree(&tree, &back, true);
+}
+
+#[test]
+fn gio_file_manager_operations_work() {
+    let mut device = Device::local();
+    device.mount();
+    let gio = |args: &[&str]| {
+        run(Command::new("gio")
+            .args(args)
+            .current_dir(&device.mountpoint))
+    };
+    fs::write(device.path("a.txt"), b"from a file manager").unwrap();
+
+    gio(&["copy", "a.txt", "b.txt"]);
+    assert_eq!(
+        fs::read(device.path("b.txt")).unwrap(),
+        b"from a file manager",
+        "gio copy"
+    );
+    gio(&["move", "b.txt", "c.txt"]);
+    assert!(
+        !device.path("b.txt").exists() && device.path("c.txt").exists(),
+        "gio move"
+    );
+    gio(&["rename", "c.txt", "d.txt"]);
+    assert!(device.path("d.txt").exists(), "gio rename");
+    gio(&["trash", "d.txt"]);
+    assert!(!device.path("d.txt").exists(), "gio trash removes the name");
+    let trash = fs::read_dir(&device.mountpoint)
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .find(|entry| entry.file_name().to_string_lossy().starts_with(".Trash-"))
+        .expect("gio trash creates .Trash-UID on the mount");
+    let trashed = trash.path().join("files/d.txt");
+    assert_eq!(
+        fs::read(&trashed).unwrap(),
+        b"from a file manager",
+        "the trashed file keeps its content"
+    );
+
+    let listing = gio(&["list", "."]);
+    assert!(
+        listing.lines().any(|line| line == "a.txt"),
+        "gio list: {listing}"
+    );
+    let info = gio(&["info", "a.txt"]);
+    assert!(info.contains("size:  19"), "gio info: {info}");
+    gio(&["remove", "a.txt"]);
+    assert!(!device.path("a.txt").exists(), "gio remove");
+}
+
+#[test]
+fn cargo_builds_a_crate_on_the_mount() {
+    let mut device = Device::local();
+    device.mount();
+    let project = device.path("hello");
+    fs::create_dir_all(project.join("src")).unwrap();
+    fs::write(
+        project.join("Cargo.toml"),
+        "[package]\nname = \"hello\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n",
+    )
+    .unwrap();
+    fs::write(
+        project.join("src/main.rs"),
+        "fn main() {\n    println!(\"built on syn\");\n}\n",
+    )
+    .unwrap();
+
+    let output = run(Command::new("cargo")
+        .args(["run", "--quiet", "--offline"])
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", project.join("target"))
+        .env_remove("RUSTFLAGS"));
+    assert_eq!(output.trim(), "built on syn");
+    assert!(
+        project.join("target/debug/hello").exists(),
+        "the binary lies on the mount"
+    );
+}
