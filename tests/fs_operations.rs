@@ -1624,18 +1624,18 @@ fn open_of_directory_for_writing_is_eisdir() {
 }
 
 #[test]
-fn hard_link_is_eperm() {
+fn hard_link_to_directory_is_eperm() {
     let device = mounted_device();
-    fs::write(device.path("file"), b"x").unwrap();
-    // link(2) returns EPERM on file systems without hard links.
+    fs::create_dir(device.path("dir")).unwrap();
+    // link(2) of a directory returns EPERM on Linux.
     assert_errno(
-        fs::hard_link(device.path("file"), device.path("link")),
+        fs::hard_link(device.path("dir"), device.path("link")),
         libc::EPERM,
-        "hard link",
+        "hard link to a directory",
     );
     assert_eq!(
         entry_names(&device.mountpoint),
-        sorted_names(&[b"file"]),
+        sorted_names(&[b"dir"]),
         "a failed link must leave nothing behind"
     );
 }

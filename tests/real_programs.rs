@@ -207,7 +207,8 @@ fn shared_writable_mmap_reaches_the_store() {
     assert_eq!(content.len(), 200_000, "size unchanged");
 }
 
-/// A small tree with nested directories, a symlink, modes and old mtimes.
+/// A small tree with nested directories, a symlink, a hard link, modes and
+/// old mtimes.
 fn sample_tree(root: &Path) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let tree = root.join("tree");
@@ -227,6 +228,7 @@ fn sample_tree(root: &Path) -> std::path::PathBuf {
     fs::write(tree.join("script.sh"), b"#!/bin/sh\necho hi\n").unwrap();
     fs::set_permissions(tree.join("script.sh"), fs::Permissions::from_mode(0o750)).unwrap();
     std::os::unix::fs::symlink("docs/file3.txt", tree.join("link")).unwrap();
+    fs::hard_link(tree.join("docs/file5.txt"), tree.join("hardlink.txt")).unwrap();
     let old = std::time::UNIX_EPOCH + std::time::Duration::new(1_500_000_000, 123_456_789);
     fs::File::open(tree.join("docs/file1.txt"))
         .unwrap()
@@ -245,9 +247,9 @@ fn assert_same_tree(expected: &Path, actual: &Path, nanoseconds: bool) {
         .arg(expected)
         .arg(actual));
     let format = if nanoseconds {
-        "%p %m %s %T@ %l\\n"
+        "%p %m %n %s %T@ %l\\n"
     } else {
-        "%p %m %s %Ts %l\\n"
+        "%p %m %n %s %Ts %l\\n"
     };
     let listing = |root: &Path| {
         run(Command::new("find")

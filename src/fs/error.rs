@@ -19,6 +19,8 @@ pub enum FsError {
     NameTooLong,
     #[error("invalid argument")]
     InvalidArgument,
+    #[error("operation not permitted")]
+    NotPermitted,
     #[error("operation not supported")]
     NotSupported,
     #[error("unknown file handle")]
@@ -48,6 +50,7 @@ impl FsError {
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::InvalidArgument => libc::EINVAL,
+            FsError::NotPermitted => libc::EPERM,
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::BadHandle => libc::EBADF,
             FsError::TooLarge => libc::EFBIG,

@@ -283,6 +283,20 @@ impl Filesystem for SynFs {
         }
     }
 
+    fn link(
+        &self,
+        _request: &Request,
+        ino: INodeNo,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.core.link(ino.0, new_parent.0, new_name.as_bytes()) {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(error) => reply.error(errno(&error)),
+        }
+    }
+
     fn open(&self, _request: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.0 & libc::O_DIRECT != 0 {
             reply.error(Errno::EINVAL);

@@ -216,18 +216,19 @@ impl FsCore {
         })
     }
 
-    /// 1 for a file; for a directory 2 plus its subdirectories, as on ext4.
+    /// The number of names of a file; for a directory 2 plus its
+    /// subdirectories, as on ext4.
     ///
     /// NOTE: this decrypts every child of the directory on each call; an
     /// encrypted per-directory count would make it constant time.
     fn link_count(store: &Store, row: &NodeRow) -> FsResult<u32> {
         if row.doc.kind != NodeKind::Directory {
-            return Ok(1);
+            return Ok(row.doc.link_count());
         }
         let children = store.children(&row.id)?;
         let subdirectories = children
             .iter()
-            .filter(|child| child.doc.kind == NodeKind::Directory)
+            .filter(|(_, child)| child.doc.kind == NodeKind::Directory)
             .count();
         Ok(2 + subdirectories as u32)
     }
@@ -463,11 +464,46 @@ impl FsCore {
         if is_directory && store.has_children(&row.id)? {
             return Err(FsError::NotEmpty);
         }
-        let touched = touch(&directory.doc, Timestamp::now());
-        store.commit(&[(row.id, &NodeDoc::tombstone()), (directory.id, &touched)])?;
+        let now = Timestamp::now();
+        let mut remaining = row.doc.clone();
+        let doc = if remaining.remove_link(&directory.id, name) {
+            remaining.ctime = now;
+            remaining
+        } else {
+            NodeDoc::tombstone()
+        };
+        let touched = touch(&directory.doc, now);
+        store.commit(&[(row.id, &doc), (directory.id, &touched)])?;
         drop(store);
         self.changed();
         Ok(())
+    }
+
+    /// Adds the hard link `new_name` in `new_parent` to the file `ino`.
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Attr> {
+        Self::check_name(new_name)?;
+        let state = self.state();
+        let mut store = self.store();
+        let row = Self::live_node(&store, ino)?;
+        if row.doc.kind == NodeKind::Directory {
+            return Err(FsError::NotPermitted);
+        }
+        let directory = Self::directory(&store, new_parent)?;
+        if store.lookup(&directory.id, new_name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+
+        let now = Timestamp::now();
+        let mut doc = row.doc.clone();
+        doc.extra_links.push((directory.id, new_name.to_vec()));
+        doc.ctime = now;
+        let touched = touch(&directory.doc, now);
+        store.commit(&[(row.id, &doc), (directory.id, &touched)])?;
+        let linked = NodeRow { doc, ..row };
+        let attr = self.attr_of(&state, &store, &linked)?;
+        drop(store);
+        self.changed();
+        Ok(attr)
     }
 
     /// Renames `name` in `parent` to `new_name` in `new_parent`, replacing
@@ -506,8 +542,7 @@ impl FsCore {
 
         let now = Timestamp::now();
         let mut moved = source.doc.clone();
-        moved.parent = to_directory.id;
-        moved.name = new_name.to_vec();
+        moved.move_link(&from_directory.id, name, to_directory.id, new_name);
         moved.ctime = now;
 
         let changes: Vec<(NodeId, NodeDoc)> = match (target, exchange) {
@@ -517,18 +552,26 @@ impl FsCore {
                     Self::check_not_into_itself(&store, &target.id, &from_directory.id)?;
                 }
                 let mut swapped = target.doc.clone();
-                swapped.parent = from_directory.id;
-                swapped.name = name.to_vec();
+                swapped.move_link(&to_directory.id, new_name, from_directory.id, name);
                 swapped.ctime = now;
                 // Move the target aside first, so the tags never collide.
                 let mut aside = target.doc.clone();
-                aside.name = conflict_name(&target.doc.name, "exchange", 0);
+                let aside_name = conflict_name(new_name, "exchange", 0);
+                aside.move_link(&to_directory.id, new_name, to_directory.id, &aside_name);
                 vec![(target.id, aside), (source.id, moved), (target.id, swapped)]
             }
             (Some(_), false) if no_replace => return Err(FsError::Exists),
             (Some(target), false) => {
                 Self::check_replaceable(&store, &source, &target)?;
-                vec![(target.id, NodeDoc::tombstone()), (source.id, moved)]
+                // The target loses this name; with other hard links it lives on.
+                let mut replaced = target.doc.clone();
+                let replaced = if replaced.remove_link(&to_directory.id, new_name) {
+                    replaced.ctime = now;
+                    replaced
+                } else {
+                    NodeDoc::tombstone()
+                };
+                vec![(target.id, replaced), (source.id, moved)]
             }
             (None, false) => vec![(source.id, moved)],
         };
@@ -893,6 +936,7 @@ impl FsCore {
         };
         let seconds = open.mtime.seconds.max(0) as u64;
         copy.name = conflict_name(&copy.name, &device, seconds);
+        copy.extra_links.clear();
         copy.content = open.content.clone();
         copy.mtime = open.mtime;
         copy.ctime = Timestamp::now();
@@ -1028,11 +1072,11 @@ impl FsCore {
                 name: b"..".to_vec(),
             },
         ];
-        for child in store.children(&directory.id)? {
+        for (name, child) in store.children(&directory.id)? {
             entries.push(DirEntry {
                 ino: child.ino,
                 kind: child.doc.kind,
-                name: child.doc.name,
+                name,
             });
         }
         Ok(entries)

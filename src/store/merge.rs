@@ -14,8 +14,8 @@ pub struct Merged {
     pub conflict_copy: Option<NodeDoc>,
 }
 
-fn location(doc: &NodeDoc) -> (&[u8], &[u8]) {
-    (&doc.parent.0, &doc.name)
+fn location(doc: &NodeDoc) -> (&[u8], &[u8], &[(crate::crypto::NodeId, Vec<u8>)]) {
+    (&doc.parent.0, &doc.name, &doc.extra_links)
 }
 
 fn attributes(doc: &NodeDoc) -> (u32, u32, u32, &std::collections::BTreeMap<Vec<u8>, Vec<u8>>) {
@@ -54,6 +54,7 @@ pub fn merge(base: Option<&NodeDoc>, local: &NodeDoc, remote: &NodeDoc) -> Merge
     if changed(&|base| location(base) != location(local)) {
         doc.parent = local.parent;
         doc.name = local.name.clone();
+        doc.extra_links = local.extra_links.clone();
     }
     if changed(&|base| attributes(base) != attributes(local)) {
         doc.mode = local.mode;

@@ -356,28 +356,49 @@ impl Store {
     /// Finds the live entry `name` in directory `parent`.
     pub fn lookup(&self, parent: &NodeId, name: &[u8]) -> Result<Option<NodeRow>, StoreError> {
         let tag = self.keys.name_tag(parent, name);
-        let row = self.query_row_by("name_tag", &tag.0.as_slice())?;
+        let node: Option<Vec<u8>> = self
+            .connection
+            .query_row(
+                "SELECT node FROM entries WHERE name_tag = ?1",
+                [tag.0.as_slice()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let Some(node) = node else {
+            return Ok(None);
+        };
+        let row = self.node(&self.parse_node_id(&node)?)?;
         // A tag collision or a stale index would show here as another name.
-        Ok(row.filter(|row| row.doc.parent == *parent && row.doc.name == name))
+        Ok(row.filter(|row| !row.doc.is_deleted() && row.doc.has_link(parent, name)))
     }
 
-    /// Lists the live entries of directory `parent`, in no particular order.
-    pub fn children(&self, parent: &NodeId) -> Result<Vec<NodeRow>, StoreError> {
+    /// Lists the live entries of directory `parent` as (name, node), in no
+    /// particular order; a node with two links there appears twice.
+    pub fn children(&self, parent: &NodeId) -> Result<Vec<(Vec<u8>, NodeRow)>, StoreError> {
         let tag = self.keys.directory_tag(parent);
-        let mut statement = self.connection.prepare_cached(
-            "SELECT id, ino, document, remote_revision FROM nodes WHERE directory_tag = ?1",
-        )?;
-        let rows: Vec<(Vec<u8>, i64, Vec<u8>, i64)> = statement
-            .query_map([tag.0.as_slice()], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-            })?
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT DISTINCT node FROM entries WHERE directory_tag = ?1")?;
+        let nodes: Vec<Vec<u8>> = statement
+            .query_map([tag.0.as_slice()], |row| row.get(0))?
             .collect::<Result<_, _>>()?;
-        let mut children = Vec::with_capacity(rows.len());
-        for (id, ino, sealed, revision) in rows {
-            let id = self.parse_node_id(&id)?;
-            let row = self.open_row(id, ino, &sealed, revision)?;
-            if row.doc.parent == *parent && !row.doc.is_deleted() {
-                children.push(row);
+        let mut children = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let Some(row) = self.node(&self.parse_node_id(&node)?)? else {
+                continue;
+            };
+            if row.doc.is_deleted() {
+                continue;
+            }
+            let names: Vec<Vec<u8>> = row
+                .doc
+                .links()
+                .into_iter()
+                .filter(|(link_parent, _)| link_parent == parent)
+                .map(|(_, name)| name.to_vec())
+                .collect();
+            for name in names {
+                children.push((name, row.clone()));
             }
         }
         Ok(children)
@@ -388,7 +409,7 @@ impl Store {
         Ok(self
             .connection
             .query_row(
-                "SELECT 1 FROM nodes WHERE directory_tag = ?1 LIMIT 1",
+                "SELECT 1 FROM entries WHERE directory_tag = ?1 LIMIT 1",
                 [tag.0.as_slice()],
                 |_| Ok(()),
             )
@@ -473,15 +494,6 @@ fn write_node_tagged(
     tagged: bool,
 ) -> Result<u64, StoreError> {
     let sealed = keys.seal_document(id, &doc.to_bytes());
-    let (directory_tag, name_tag) = if !tagged || doc.is_deleted() || *id == NodeId::ROOT {
-        (None, None)
-    } else {
-        (
-            Some(keys.directory_tag(&doc.parent).0.to_vec()),
-            Some(keys.name_tag(&doc.parent, &doc.name).0.to_vec()),
-        )
-    };
-
     let existing: Option<i64> = transaction
         .query_row(
             "SELECT ino FROM nodes WHERE id = ?1",
@@ -489,19 +501,37 @@ fn write_node_tagged(
             |row| row.get(0),
         )
         .optional()?;
-    if let Some(ino) = existing {
-        transaction.execute(
-            "UPDATE nodes SET document = ?2, directory_tag = ?3, name_tag = ?4 WHERE id = ?1",
-            params![id.0, sealed, directory_tag, name_tag],
-        )?;
-        return Ok(ino as u64);
-    }
+    let ino = match existing {
+        Some(ino) => {
+            transaction.execute(
+                "UPDATE nodes SET document = ?2 WHERE id = ?1",
+                params![id.0, sealed],
+            )?;
+            ino as u64
+        }
+        None => {
+            let ino = allocate_ino(transaction)?;
+            transaction.execute(
+                "INSERT INTO nodes (id, ino, document) VALUES (?1, ?2, ?3)",
+                params![id.0, ino as i64, sealed],
+            )?;
+            ino
+        }
+    };
 
-    let ino = allocate_ino(transaction)?;
-    transaction.execute(
-        "INSERT INTO nodes (id, ino, directory_tag, name_tag, document) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id.0, ino as i64, directory_tag, name_tag, sealed],
-    )?;
+    transaction.execute("DELETE FROM entries WHERE node = ?1", [id.0.as_slice()])?;
+    if tagged && !doc.is_deleted() && *id != NodeId::ROOT {
+        for (parent, name) in doc.links() {
+            transaction.execute(
+                "INSERT INTO entries (name_tag, directory_tag, node) VALUES (?1, ?2, ?3)",
+                params![
+                    keys.name_tag(&parent, name).0,
+                    keys.directory_tag(&parent).0,
+                    id.0
+                ],
+            )?;
+        }
+    }
     Ok(ino)
 }
 

@@ -111,6 +111,9 @@ pub struct NodeDoc {
     pub parent: NodeId,
     /// Raw bytes of the name: any byte string without '/' or NUL.
     pub name: Vec<u8>,
+    /// Further hard links of a file, as (directory, name), beside the
+    /// primary one above.
+    pub extra_links: Vec<(NodeId, Vec<u8>)>,
     /// Permission bits (07777), without the file type.
     pub mode: u32,
     pub uid: u32,
@@ -135,6 +138,7 @@ impl NodeDoc {
             kind,
             parent,
             name: name.to_vec(),
+            extra_links: Vec::new(),
             mode: mode & 0o7777,
             uid,
             gid,
@@ -155,6 +159,7 @@ impl NodeDoc {
             kind: NodeKind::Deleted,
             parent: NodeId::ROOT,
             name: Vec::new(),
+            extra_links: Vec::new(),
             mode: 0,
             uid: 0,
             gid: 0,
@@ -170,6 +175,59 @@ impl NodeDoc {
 
     pub fn is_deleted(&self) -> bool {
         self.kind == NodeKind::Deleted
+    }
+
+    /// Every (directory, name) that names this node, the primary link first.
+    pub fn links(&self) -> Vec<(NodeId, &[u8])> {
+        let mut links = vec![(self.parent, self.name.as_slice())];
+        links.extend(
+            self.extra_links
+                .iter()
+                .map(|(parent, name)| (*parent, name.as_slice())),
+        );
+        links
+    }
+
+    pub fn has_link(&self, parent: &NodeId, name: &[u8]) -> bool {
+        self.links()
+            .iter()
+            .any(|(link_parent, link_name)| link_parent == parent && *link_name == name)
+    }
+
+    pub fn link_count(&self) -> u32 {
+        1 + self.extra_links.len() as u32
+    }
+
+    /// Removes the link (`parent`, `name`); when it was the primary one, the
+    /// first extra link takes its place. Returns false when it was the last.
+    pub fn remove_link(&mut self, parent: &NodeId, name: &[u8]) -> bool {
+        if self.parent == *parent && self.name == name {
+            if self.extra_links.is_empty() {
+                return false;
+            }
+            let (new_parent, new_name) = self.extra_links.remove(0);
+            self.parent = new_parent;
+            self.name = new_name;
+            return true;
+        }
+        self.extra_links
+            .retain(|(link_parent, link_name)| !(link_parent == parent && link_name == name));
+        true
+    }
+
+    /// Points the link (`parent`, `name`) at (`new_parent`, `new_name`).
+    pub fn move_link(&mut self, parent: &NodeId, name: &[u8], new_parent: NodeId, new_name: &[u8]) {
+        if self.parent == *parent && self.name == name {
+            self.parent = new_parent;
+            self.name = new_name.to_vec();
+            return;
+        }
+        for link in &mut self.extra_links {
+            if link.0 == *parent && link.1 == name {
+                *link = (new_parent, new_name.to_vec());
+                return;
+            }
+        }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {

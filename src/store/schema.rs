@@ -17,12 +17,10 @@ const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL
     );
     -- One row per node. Names, attributes and the manifest are inside the
-    -- sealed document; the tags are keyed hashes for lookups and listings.
+    -- sealed document.
     CREATE TABLE nodes (
         id BLOB PRIMARY KEY,
         ino INTEGER NOT NULL UNIQUE,
-        directory_tag BLOB,
-        name_tag BLOB UNIQUE,
         document BLOB NOT NULL,
         -- Server generation the local document is based on; 0 if never synced.
         generation INTEGER NOT NULL DEFAULT 0,
@@ -32,7 +30,15 @@ const MIGRATIONS: &[&str] = &[
         -- file changed under it.
         remote_revision INTEGER NOT NULL DEFAULT 0
     );
-    CREATE INDEX nodes_by_directory ON nodes(directory_tag);
+    -- One row per link (a file with hard links has several), keyed by
+    -- keyed hashes of (directory, name) and of the directory.
+    CREATE TABLE entries (
+        name_tag BLOB PRIMARY KEY,
+        directory_tag BLOB NOT NULL,
+        node BLOB NOT NULL
+    );
+    CREATE INDEX entries_by_directory ON entries(directory_tag);
+    CREATE INDEX entries_by_node ON entries(node);
     CREATE TABLE blocks (
         id BLOB PRIMARY KEY,
         data BLOB NOT NULL,

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::merge::merge;
-use super::node::{NodeDoc, NodeKind};
+use super::node::NodeDoc;
 use super::{DATABASE_FILE, Store, StoreError, write_node, write_node_tagged};
 use crate::crypto::{BlockId, NodeId};
 
@@ -335,8 +335,8 @@ struct StagedNode {
     doc: NodeDoc,
     /// True when the node already has a change logged to push.
     logged: bool,
-    /// Directory inode and name the node had before, for invalidation.
-    old_entry: Option<(u64, Vec<u8>)>,
+    /// Directory inodes and names the node had before, for invalidation.
+    old_entries: Vec<(u64, Vec<u8>)>,
 }
 
 struct LocalState {
@@ -403,13 +403,19 @@ impl ApplyContext<'_> {
             .map(|ino| ino as u64))
     }
 
-    fn entry_of(&self, doc: &NodeDoc) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    /// The (directory inode, name) of each link of `doc` whose directory
+    /// this store has.
+    fn entries_of(&self, doc: &NodeDoc) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         if doc.is_deleted() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        Ok(self
-            .ino_of(&doc.parent)?
-            .map(|parent| (parent, doc.name.clone())))
+        let mut entries = Vec::new();
+        for (parent, name) in doc.links() {
+            if let Some(parent) = self.ino_of(&parent)? {
+                entries.push((parent, name.to_vec()));
+            }
+        }
+        Ok(entries)
     }
 
     fn log_change(&self, id: &NodeId) -> Result<(), StoreError> {
@@ -438,17 +444,22 @@ impl ApplyContext<'_> {
         }
 
         let (doc, conflict_copy, old_entry) = match &local {
-            None => (remote.clone(), None, None),
-            Some(local) if !local.dirty => (remote.clone(), None, self.entry_of(&local.doc)?),
+            None => (remote.clone(), None, Vec::new()),
+            Some(local) if !local.dirty => (remote.clone(), None, self.entries_of(&local.doc)?),
             Some(local) => {
                 let merged = merge(local.base.as_ref(), &local.doc, &remote);
-                (merged.doc, merged.conflict_copy, self.entry_of(&local.doc)?)
+                (
+                    merged.doc,
+                    merged.conflict_copy,
+                    self.entries_of(&local.doc)?,
+                )
             }
         };
 
         let mut staged = Vec::new();
         if let Some(mut copy) = conflict_copy {
             copy.name = conflict_name(&copy.name, self.device, unix_now());
+            copy.extra_links.clear();
             let copy_id = NodeId::random();
             let ino = write_node_tagged(self.transaction, self.keys, &copy_id, &copy, false)?;
             self.log_change(&copy_id)?;
@@ -458,7 +469,7 @@ impl ApplyContext<'_> {
                 ino,
                 doc: copy,
                 logged: true,
-                old_entry: None,
+                old_entries: Vec::new(),
             });
         }
 
@@ -486,7 +497,7 @@ impl ApplyContext<'_> {
             ino: local.map_or(ino, |local| local.ino),
             doc,
             logged,
-            old_entry,
+            old_entries: old_entry,
         });
         Ok(staged)
     }
@@ -499,53 +510,64 @@ impl ApplyContext<'_> {
         if renamed && !node.logged {
             self.log_change(&node.id)?;
         }
-        let mut entries: Vec<(u64, Vec<u8>)> = node.old_entry.into_iter().collect();
-        entries.extend(self.entry_of(&node.doc)?);
+        let mut entries = node.old_entries;
+        entries.extend(self.entries_of(&node.doc)?);
         Ok(AppliedChange {
             ino: node.ino,
             entries,
         })
     }
 
-    /// Makes room for `doc` at its name: when another node holds the name,
-    /// the node with the higher id gets a conflict name, so every device picks
-    /// the same one. Returns true when `doc` itself was renamed.
+    /// Makes room for each link of `doc`: when another node holds the name,
+    /// the node with the higher id gets a conflict name there, so every device
+    /// picks the same one. Returns true when `doc` itself was renamed.
     fn place_without_collision(
         &mut self,
         id: &NodeId,
         doc: &mut NodeDoc,
     ) -> Result<bool, StoreError> {
-        if doc.is_deleted() || matches!(doc.kind, NodeKind::Deleted) {
+        if doc.is_deleted() {
             return Ok(false);
         }
-        let tag = self.keys.name_tag(&doc.parent, &doc.name);
-        let holder: Option<(Vec<u8>, Vec<u8>)> = self
-            .transaction
-            .query_row(
-                "SELECT id, document FROM nodes WHERE name_tag = ?1",
-                [tag.0.as_slice()],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?;
-        let Some((holder_id, holder_sealed)) = holder else {
-            return Ok(false);
-        };
-        let Some(holder_id) = NodeId::from_slice(&holder_id) else {
-            return Ok(false);
-        };
-        if holder_id == *id {
-            return Ok(false);
+        let mut renamed = false;
+        let links: Vec<(NodeId, Vec<u8>)> = doc
+            .links()
+            .into_iter()
+            .map(|(parent, name)| (parent, name.to_vec()))
+            .collect();
+        for (parent, name) in links {
+            let tag = self.keys.name_tag(&parent, &name);
+            let holder: Option<Vec<u8>> = self
+                .transaction
+                .query_row(
+                    "SELECT node FROM entries WHERE name_tag = ?1",
+                    [tag.0.as_slice()],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(holder_id) = holder.as_deref().and_then(NodeId::from_slice) else {
+                continue;
+            };
+            if holder_id == *id {
+                continue;
+            }
+            let new_name = conflict_name(&name, self.device, unix_now());
+            if *id > holder_id {
+                doc.move_link(&parent, &name, parent, &new_name);
+                renamed = true;
+                continue;
+            }
+            let sealed: Vec<u8> = self.transaction.query_row(
+                "SELECT document FROM nodes WHERE id = ?1",
+                [holder_id.0.as_slice()],
+                |row| row.get(0),
+            )?;
+            let mut holder_doc = self.open_doc(&holder_id, &sealed)?;
+            holder_doc.move_link(&parent, &name, parent, &new_name);
+            write_node(self.transaction, self.keys, &holder_id, &holder_doc)?;
+            self.log_change(&holder_id)?;
         }
-
-        if *id > holder_id {
-            doc.name = conflict_name(&doc.name, self.device, unix_now());
-            return Ok(true);
-        }
-        let mut holder_doc = self.open_doc(&holder_id, &holder_sealed)?;
-        holder_doc.name = conflict_name(&holder_doc.name, self.device, unix_now());
-        write_node(self.transaction, self.keys, &holder_id, &holder_doc)?;
-        self.log_change(&holder_id)?;
-        Ok(false)
+        Ok(renamed)
     }
 }
 
