@@ -14,7 +14,10 @@ pub struct Merged {
     pub conflict_copy: Option<NodeDoc>,
 }
 
-fn location(doc: &NodeDoc) -> (&[u8], &[u8], &[(crate::crypto::NodeId, Vec<u8>)]) {
+/// Extra hard links as (directory, name).
+type Links = [(crate::crypto::NodeId, Vec<u8>)];
+
+fn location(doc: &NodeDoc) -> (&[u8], &[u8], &Links) {
     (&doc.parent.0, &doc.name, &doc.extra_links)
 }
 
