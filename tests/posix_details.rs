@@ -183,3 +183,160 @@ fn allow_other_admits_other_users_under_permissions() {
         "EACCES for the 0600 file"
     );
 }
+
+#[test]
+fn petabyte_sparse_file_costs_nothing() {
+    let mut device = Device::local();
+    device.mount();
+    let path = device.path("huge");
+    const PETABYTE: u64 = 1 << 50;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    file.set_len(PETABYTE).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(b"tail", PETABYTE - 4).unwrap();
+    file.write_all_at(b"past 4 GiB", 5 << 30).unwrap();
+    drop(file);
+
+    device.unmount();
+    device.mount();
+    let file = fs::File::open(&path).unwrap();
+    assert_eq!(
+        file.metadata().unwrap().len(),
+        PETABYTE,
+        "size after remount"
+    );
+    let mut tail = [0u8; 4];
+    file.read_exact_at(&mut tail, PETABYTE - 4).unwrap();
+    assert_eq!(&tail, b"tail");
+    let mut middle = [0u8; 10];
+    file.read_exact_at(&mut middle, 5 << 30).unwrap();
+    assert_eq!(&middle, b"past 4 GiB");
+    let mut hole = [1u8; 4096];
+    file.read_exact_at(&mut hole, 1 << 40).unwrap();
+    assert!(hole.iter().all(|&byte| byte == 0), "a hole reads as zeros");
+    // SAFETY: lseek on a descriptor this test owns.
+    let next_data = unsafe { libc::lseek(file.as_raw_fd(), 6 << 30, libc::SEEK_DATA) };
+    assert_eq!(
+        next_data,
+        (PETABYTE - 4) as i64 / (64 * 1024) * (64 * 1024),
+        "SEEK_DATA jumps the hole"
+    );
+
+    let store_bytes: u64 = fs::read_dir(&device.store)
+        .unwrap()
+        .map(|entry| entry.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        store_bytes < 64 << 20,
+        "the store stays small: {store_bytes} bytes"
+    );
+}
+
+#[test]
+fn o_direct_is_rejected_cleanly() {
+    let mut device = Device::local();
+    device.mount();
+    fs::write(device.path("f"), b"x").unwrap();
+    use std::os::unix::fs::OpenOptionsExt;
+    let result = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(device.path("f"));
+    assert_eq!(
+        result.unwrap_err().raw_os_error(),
+        Some(libc::EINVAL),
+        "O_DIRECT gives EINVAL"
+    );
+}
+
+#[test]
+fn names_in_both_normalization_forms_stay_distinct() {
+    let mut device = Device::local();
+    device.mount();
+    let composed = "caf\u{e9}";
+    let decomposed = "cafe\u{301}";
+    fs::write(device.path(composed), b"composed").unwrap();
+    fs::write(device.path(decomposed), b"decomposed").unwrap();
+    assert_eq!(fs::read(device.path(composed)).unwrap(), b"composed");
+    assert_eq!(fs::read(device.path(decomposed)).unwrap(), b"decomposed");
+    let mut names: Vec<String> = fs::read_dir(&device.mountpoint)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut expected = vec![composed.to_string(), decomposed.to_string()];
+    expected.sort();
+    assert_eq!(names, expected, "both names kept byte for byte");
+}
+
+#[test]
+fn other_users_meet_permission_checks() {
+    let mut device = Device::local();
+    run_ok(
+        syn()
+            .args(["mount", "--allow-other", "--store"])
+            .arg(&device.store)
+            .arg(&device.mountpoint),
+    );
+    device.mark_mounted();
+    fs::set_permissions(
+        device.mountpoint.parent().unwrap(),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    fs::set_permissions(&device.mountpoint, fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = device.path("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::write(shared.join("roots"), b"owned by root").unwrap();
+    let as_nobody = |args: &[&str]| {
+        Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .args(args)
+            .current_dir(&shared)
+            .output()
+            .unwrap()
+    };
+
+    let created = as_nobody(&["sh", "-c", "echo mine > nobodys"]);
+    assert!(
+        created.status.success(),
+        "nobody creates a file in a 1777 directory"
+    );
+    assert_eq!(
+        fs::metadata(shared.join("nobodys")).unwrap().uid(),
+        65534,
+        "owned by nobody"
+    );
+    assert!(
+        !as_nobody(&["rm", "-f", "roots"]).status.success(),
+        "the sticky bit protects root's file"
+    );
+    assert!(shared.join("roots").exists(), "root's file is still there");
+    assert!(
+        !as_nobody(&["chmod", "666", "roots"]).status.success(),
+        "chmod by a non-owner is refused"
+    );
+    assert!(
+        !as_nobody(&["chown", "nobody", "roots"]).status.success(),
+        "chown by a non-owner is refused"
+    );
+
+    // Writing to a setuid file clears the bit, as on Linux.
+    let setuid = shared.join("setuid");
+    fs::write(&setuid, b"x").unwrap();
+    fs::set_permissions(&setuid, fs::Permissions::from_mode(0o4777)).unwrap();
+    let wrote = as_nobody(&["sh", "-c", "echo more >> setuid"]);
+    assert!(wrote.status.success(), "nobody writes to a 4777 file");
+    assert_eq!(
+        fs::metadata(&setuid).unwrap().mode() & 0o7777,
+        0o777,
+        "the setuid bit is cleared by the write"
+    );
+}

@@ -46,7 +46,7 @@ fn store_reopens_with_the_same_content() {
         VAULT_OWNER,
     );
     doc.content.size = 13;
-    doc.content.blocks = vec![block];
+    doc.content.blocks = [(0, block)].into();
     let id = NodeId::random();
     store.commit(&[(id, &doc)]).unwrap();
     drop(store);

@@ -110,15 +110,6 @@ impl NodeId {
     pub const ROOT: NodeId = NodeId([0; 16]);
 }
 
-impl BlockId {
-    /// The id of a hole: a block that was never written and reads as zeros.
-    pub const HOLE: BlockId = BlockId([0; 32]);
-
-    pub fn is_hole(&self) -> bool {
-        *self == BlockId::HOLE
-    }
-}
-
 /// The subkeys of one vault, derived once when the store is unlocked.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct VaultKeys {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::error::{FsError, FsResult};
-use crate::crypto::{BlockId, NodeId};
+use crate::crypto::NodeId;
 use crate::store::{Content, Store, Timestamp};
 
 /// Dirty blocks held in memory before they are sealed into the store even
@@ -58,9 +58,9 @@ impl OpenFile {
         let len = self.content.block_len(index);
         let mut data = match self.dirty_blocks.get(&index) {
             Some(buffer) => buffer.clone(),
-            None => match self.content.blocks.get(index as usize) {
-                Some(id) if !id.is_hole() => store.read_block(id)?.as_ref().clone(),
-                _ => Vec::new(),
+            None => match self.content.blocks.get(&index) {
+                Some(id) => store.read_block(id)?.as_ref().clone(),
+                None => Vec::new(),
             },
         };
         data.resize(len, 0);
@@ -121,7 +121,8 @@ impl OpenFile {
             // A write that reaches the end of a full block seals it now, so a
             // large sequential write never piles up in memory.
             if to as u64 == block_size && buffer.len() as u64 == block_size {
-                self.content.blocks[index as usize] = store.put_block(&buffer)?;
+                let id = store.put_block(&buffer)?;
+                self.content.blocks.insert(index, id);
             } else {
                 self.dirty_blocks.insert(index, buffer);
             }
@@ -139,15 +140,15 @@ impl OpenFile {
 
     /// The stored plaintext of block `index`, or empty for a hole.
     fn stored_block(&self, store: &mut Store, index: u64) -> FsResult<Vec<u8>> {
-        match self.content.blocks.get(index as usize) {
-            Some(id) if !id.is_hole() => Ok(store.read_block(id)?.as_ref().clone()),
-            _ => Ok(Vec::new()),
+        match self.content.blocks.get(&index) {
+            Some(id) => Ok(store.read_block(id)?.as_ref().clone()),
+            None => Ok(Vec::new()),
         }
     }
 
     fn resize_manifest(&mut self, size: u64) {
-        let count = size.div_ceil(self.block_size()) as usize;
-        self.content.blocks.resize(count, BlockId::HOLE);
+        let count = size.div_ceil(self.block_size());
+        self.content.blocks.split_off(&count);
     }
 
     pub fn truncate(&mut self, store: &mut Store, size: u64) -> FsResult<()> {
@@ -191,7 +192,7 @@ impl OpenFile {
             let to = ((end - block_start).min(block_size)) as usize;
             if from == 0 && to as u64 == block_size.min(self.content.size - block_start) {
                 self.dirty_blocks.remove(&index);
-                self.content.blocks[index as usize] = BlockId::HOLE;
+                self.content.blocks.remove(&index);
             } else {
                 let mut buffer = match self.dirty_blocks.remove(&index) {
                     Some(buffer) => buffer,
@@ -225,12 +226,7 @@ impl OpenFile {
     }
 
     fn is_data(&self, index: u64) -> bool {
-        self.dirty_blocks.contains_key(&index)
-            || self
-                .content
-                .blocks
-                .get(index as usize)
-                .is_some_and(|id| !id.is_hole())
+        self.dirty_blocks.contains_key(&index) || self.content.blocks.contains_key(&index)
     }
 
     /// The offset of the first data (`data` true) or hole at or after
@@ -243,12 +239,34 @@ impl OpenFile {
         }
         let block_size = self.block_size();
         let first = offset / block_size;
-        let found = (first..self.content.block_count()).find(|&index| self.is_data(index) == data);
-        match (found, data) {
-            (Some(index), _) => Ok((index * block_size).max(offset)),
-            (None, true) => Err(FsError::NoSuchOffset),
-            (None, false) => Ok(size),
+        if data {
+            // The first data block is the smaller of the next stored and the
+            // next buffered block; holes are never visited one by one.
+            let stored = self
+                .content
+                .blocks
+                .range(first..)
+                .next()
+                .map(|(&index, _)| index);
+            let buffered = self
+                .dirty_blocks
+                .range(first..)
+                .next()
+                .map(|(&index, _)| index);
+            let index = match (stored, buffered) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(index), None) | (None, Some(index)) => index,
+                (None, None) => return Err(FsError::NoSuchOffset),
+            };
+            return Ok((index * block_size).max(offset).min(size));
         }
+        // Data blocks are few next to a sparse file's holes, so walking past
+        // consecutive data blocks is bounded by the data.
+        let mut index = first;
+        while index < self.content.block_count() && self.is_data(index) {
+            index += 1;
+        }
+        Ok((index * block_size).max(offset).min(size))
     }
 
     /// Seals every dirty block into the store and records it in the manifest.
@@ -256,13 +274,11 @@ impl OpenFile {
         // A buffer leaves the map only once it is sealed, so a failure (a
         // full disk) keeps the rest for the next attempt.
         while let Some((&index, buffer)) = self.dirty_blocks.first_key_value() {
-            let id = if buffer.iter().all(|&byte| byte == 0) {
-                BlockId::HOLE
+            if buffer.iter().all(|&byte| byte == 0) || index >= self.content.block_count() {
+                self.content.blocks.remove(&index);
             } else {
-                store.put_block(buffer)?
-            };
-            if let Some(slot) = self.content.blocks.get_mut(index as usize) {
-                *slot = id;
+                let id = store.put_block(buffer)?;
+                self.content.blocks.insert(index, id);
             }
             self.dirty_blocks.remove(&index);
         }

@@ -169,12 +169,7 @@ impl Store {
                     reason: "a node id has the wrong length".into(),
                 })?;
                 let doc = self.open_row(id, 0, &sealed, 0)?.doc;
-                referenced.extend(
-                    doc.content
-                        .blocks
-                        .into_iter()
-                        .filter(|block| !block.is_hole()),
-                );
+                referenced.extend(doc.content.blocks.into_values());
             }
         }
 

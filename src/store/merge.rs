@@ -94,7 +94,7 @@ mod tests {
         doc.content = Content {
             size: 10,
             block_size: 65536,
-            blocks: vec![BlockId([block; 32])],
+            blocks: [(0, BlockId([block; 32]))].into(),
         };
         doc.mtime = Timestamp {
             seconds: block as i64,

@@ -80,8 +80,9 @@ impl Timestamp {
 pub struct Content {
     pub size: u64,
     pub block_size: u32,
-    /// One id per block; [`BlockId::HOLE`] for a block never written.
-    pub blocks: Vec<BlockId>,
+    /// Block ids by block index; a missing index is a hole that reads as
+    /// zeros, so a sparse file costs nothing for its holes.
+    pub blocks: BTreeMap<u64, BlockId>,
 }
 
 impl Content {
@@ -89,7 +90,7 @@ impl Content {
         Content {
             size: 0,
             block_size: DEFAULT_BLOCK_SIZE,
-            blocks: Vec::new(),
+            blocks: BTreeMap::new(),
         }
     }
 
@@ -263,7 +264,7 @@ mod tests {
         let content = Content {
             size: 100_000,
             block_size: 65536,
-            blocks: vec![],
+            blocks: BTreeMap::new(),
         };
         assert_eq!(content.block_count(), 2);
         assert_eq!(content.block_len(0), 65536);

@@ -179,14 +179,7 @@ impl Store {
         for (id, seq, generation, sealed) in rows {
             let id = self.parse_node_id(&id)?;
             let row = self.open_row(id, 0, &sealed, 0)?;
-            let blocks = row
-                .doc
-                .content
-                .blocks
-                .iter()
-                .filter(|block| !block.is_hole())
-                .copied()
-                .collect();
+            let blocks = row.doc.content.blocks.values().copied().collect();
             pending.push(PendingDocument {
                 id,
                 seq,
@@ -253,8 +246,8 @@ impl Store {
                 path: self.dir.clone(),
                 reason: format!("remote document {} does not parse", document.id.to_hex()),
             })?;
-            for block in doc.content.blocks {
-                if !block.is_hole() && !missing.contains(&block) && !self.has_block(&block)? {
+            for block in doc.content.blocks.into_values() {
+                if !missing.contains(&block) && !self.has_block(&block)? {
                     missing.push(block);
                 }
             }
