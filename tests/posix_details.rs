@@ -340,3 +340,72 @@ fn other_users_meet_permission_checks() {
         "the setuid bit is cleared by the write"
     );
 }
+
+#[test]
+fn inode_numbers_survive_remount() {
+    let mut device = Device::local();
+    device.mount();
+    fs::create_dir(device.path("dir")).unwrap();
+    fs::write(device.path("dir/file"), b"x").unwrap();
+    let before = (
+        fs::metadata(device.path("dir")).unwrap().ino(),
+        fs::metadata(device.path("dir/file")).unwrap().ino(),
+    );
+    device.unmount();
+    device.mount();
+    let after = (
+        fs::metadata(device.path("dir")).unwrap().ino(),
+        fs::metadata(device.path("dir/file")).unwrap().ino(),
+    );
+    assert_eq!(before, after, "inode numbers of the directory and the file");
+}
+
+#[test]
+fn statfs_reports_the_store_disk() {
+    let mut device = Device::local();
+    device.mount();
+    let statvfs = |path: &std::path::Path| {
+        let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statvfs writes into the zeroed struct and reads the path.
+        unsafe {
+            let mut stat: libc::statvfs = std::mem::zeroed();
+            assert_eq!(libc::statvfs(path.as_ptr(), &mut stat), 0);
+            stat
+        }
+    };
+    let mount = statvfs(&device.mountpoint);
+    let disk = statvfs(&device.store);
+    assert_eq!(
+        mount.f_blocks * mount.f_frsize,
+        disk.f_blocks * disk.f_frsize,
+        "total size of the store's disk"
+    );
+    assert_eq!(mount.f_namemax, 255);
+}
+
+#[test]
+fn metadata_changes_update_ctime_only() {
+    let mut device = Device::local();
+    device.mount();
+    let path = device.path("f");
+    fs::write(&path, b"x").unwrap();
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    fs::File::open(&path)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(old).set_accessed(old))
+        .unwrap();
+    let before = fs::metadata(&path).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    let after = fs::metadata(&path).unwrap();
+    assert!(
+        (after.ctime(), after.ctime_nsec()) >= (before.ctime(), before.ctime_nsec()),
+        "chmod moves ctime forward"
+    );
+    assert_eq!(after.mtime(), 1_000_000_000, "chmod leaves mtime");
+    let _ = fs::read(&path).unwrap();
+    assert_eq!(
+        fs::metadata(&path).unwrap().atime(),
+        1_000_000_000,
+        "a read does not write atime"
+    );
+}
