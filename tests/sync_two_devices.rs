@@ -334,3 +334,30 @@ fn rejected_token_reaches_status() {
         "the mount keeps working"
     );
 }
+
+#[test]
+fn remote_change_reaches_open_handle_and_listing() {
+    use std::io::{Read, Seek, SeekFrom};
+    let (_server, a, b) = two_devices();
+    fs::write(a.path("watched.txt"), b"first").unwrap();
+    wait_until("the file on B", || {
+        read_if_exists(&b.path("watched.txt")).as_deref() == Some(b"first")
+    });
+
+    let mut handle = fs::File::open(b.path("watched.txt")).unwrap();
+    let mut content = Vec::new();
+    handle.read_to_end(&mut content).unwrap();
+    assert_eq!(content, b"first");
+
+    fs::write(a.path("watched.txt"), b"second version").unwrap();
+    fs::write(a.path("new-entry.txt"), b"listed").unwrap();
+    wait_until("the change through B's open handle", || {
+        let mut content = Vec::new();
+        handle.seek(SeekFrom::Start(0)).unwrap();
+        handle.read_to_end(&mut content).unwrap();
+        content == b"second version"
+    });
+    wait_until("the new entry in B's listing", || {
+        names_in(&b.mountpoint).contains(&"new-entry.txt".to_string())
+    });
+}

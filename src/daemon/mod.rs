@@ -244,8 +244,15 @@ fn wait_for_termination(set: libc::sigset_t, daemon: Arc<Daemon>) {
     }
 }
 
-fn invalidator(notifier: Arc<OnceLock<Notifier>>) -> Invalidate {
+fn invalidator(notifier: Arc<OnceLock<Notifier>>, core: Arc<OnceLock<Arc<FsCore>>>) -> Invalidate {
     Arc::new(move |changes: &[AppliedChange]| {
+        if let Some(core) = core.get() {
+            for change in changes {
+                if let Err(error) = core.refresh_after_remote_change(change.ino) {
+                    log::warn!("refreshing an open file after a remote change failed: {error}");
+                }
+            }
+        }
         let Some(notifier) = notifier.get() else {
             return;
         };
@@ -262,6 +269,7 @@ fn invalidator(notifier: Arc<OnceLock<Notifier>>) -> Invalidate {
 fn start_sync(
     store: &SharedStore,
     notifier: Arc<OnceLock<Notifier>>,
+    core: Arc<OnceLock<Arc<FsCore>>>,
 ) -> Result<Option<SyncHandle>, DaemonError> {
     let (server, token) = {
         let store = lock_store(store);
@@ -272,7 +280,7 @@ fn start_sync(
         return Ok(None);
     };
     let client = Client::new(&server, &token)?;
-    let engine = Engine::new(store.clone(), client, Some(invalidator(notifier)));
+    let engine = Engine::new(store.clone(), client, Some(invalidator(notifier, core)));
     let handle =
         SyncHandle::start(engine, server).map_err(io_error("cannot start the sync thread"))?;
     Ok(Some(handle))
@@ -338,7 +346,8 @@ pub fn run(
     let store: SharedStore = Arc::new(Mutex::new(store));
 
     let notifier = Arc::new(OnceLock::new());
-    let sync = start_sync(&store, notifier.clone())?;
+    let core_cell = Arc::new(OnceLock::new());
+    let sync = start_sync(&store, notifier.clone(), core_cell.clone())?;
     let on_change: Box<dyn Fn() + Send + Sync> = match &sync {
         Some(sync) => Box::new(sync.waker()),
         None => Box::new(|| {}),
@@ -351,6 +360,7 @@ pub fn run(
         }
     };
     let core = Arc::new(FsCore::new(store.clone(), owner, on_change));
+    let _ = core_cell.set(core.clone());
 
     let session = Session::new(
         SynFs::new(core.clone()),

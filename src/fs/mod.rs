@@ -854,6 +854,30 @@ impl FsCore {
         Ok(())
     }
 
+    /// Brings the working copy of an open file up to a remote change that
+    /// the sync task applied, unless it has local writes of its own (those
+    /// become a conflict copy when committed).
+    pub fn refresh_after_remote_change(&self, ino: u64) -> FsResult<()> {
+        let mut state = self.state();
+        let Some(open) = state.open_files.get_mut(&ino) else {
+            return Ok(());
+        };
+        if open.dirty {
+            return Ok(());
+        }
+        let store = self.store();
+        let Some(row) = store.node(&open.id)? else {
+            return Ok(());
+        };
+        if row.doc.is_deleted() {
+            return Ok(());
+        }
+        let handles = open.handles;
+        *open = OpenFile::new(row.id, row.doc.content, row.doc.mtime, row.remote_revision);
+        open.handles = handles;
+        Ok(())
+    }
+
     /// Commits every open file's working copy, as at unmount.
     pub fn flush_all(&self) -> FsResult<()> {
         let mut state = self.state();
