@@ -361,3 +361,77 @@ fn remote_change_reaches_open_handle_and_listing() {
         names_in(&b.mountpoint).contains(&"new-entry.txt".to_string())
     });
 }
+
+fn sync_counter(device: &Device, name: &str) -> u64 {
+    device.status_json()["sync"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("status has no sync.{name}"))
+}
+
+#[test]
+fn small_edits_and_copies_upload_few_blocks() {
+    use std::io::{Seek, SeekFrom, Write};
+    const MIB: usize = 1024 * 1024;
+    let (_server, a, b) = two_devices();
+    let big = common::pseudo_random_bytes(256 * MIB, 99);
+    fs::write(a.path("big.bin"), &big).unwrap();
+    wait_until("the big file pushed", || {
+        a.status_json()["pending_changes"].as_u64() == Some(0)
+    });
+    let blocks_before = sync_counter(&a, "blocks_uploaded");
+    let bytes_before = sync_counter(&a, "bytes_sent");
+    assert!(
+        blocks_before >= 4096,
+        "256 MiB is at least 4096 blocks of 64 KiB: {blocks_before}"
+    );
+
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .open(a.path("big.bin"))
+        .unwrap();
+    file.seek(SeekFrom::Start(100 * MIB as u64 + 12_345))
+        .unwrap();
+    file.write_all(b"!").unwrap();
+    drop(file);
+    wait_until("the one-byte edit pushed", || {
+        a.status_json()["pending_changes"].as_u64() == Some(0)
+    });
+    let edit_blocks = sync_counter(&a, "blocks_uploaded") - blocks_before;
+    assert!(
+        edit_blocks <= 2,
+        "a one-byte edit uploaded {edit_blocks} blocks"
+    );
+    let edit_bytes = sync_counter(&a, "bytes_sent") - bytes_before;
+    // NOTE: the manifest is one document, about 48 bytes per block, so most
+    // of these bytes are the 256 MiB file's manifest, not its content.
+    assert!(
+        edit_bytes < 2 * MIB as u64,
+        "a one-byte edit sent {edit_bytes} bytes"
+    );
+
+    let blocks_before_copy = sync_counter(&a, "blocks_uploaded");
+    let copy = std::process::Command::new("cp")
+        .arg(a.path("big.bin"))
+        .arg(a.path("copy.bin"))
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    wait_until("the copy pushed", || {
+        a.status_json()["pending_changes"].as_u64() == Some(0)
+    });
+    let copy_blocks = sync_counter(&a, "blocks_uploaded") - blocks_before_copy;
+    assert_eq!(
+        copy_blocks, 0,
+        "copying a file inside the mount uploads no new blocks"
+    );
+
+    let mut expected = big;
+    expected[100 * MIB + 12_345] = b'!';
+    wait_until("the copy on B", || {
+        fs::metadata(b.path("copy.bin")).map(|meta| meta.len()).ok() == Some(expected.len() as u64)
+    });
+    assert!(
+        fs::read(b.path("copy.bin")).unwrap() == expected,
+        "B's copy has the edited bytes"
+    );
+}

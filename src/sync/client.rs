@@ -112,6 +112,7 @@ pub struct Client {
     authorization: HeaderValue,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
+    blobs_uploaded: AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -172,12 +173,18 @@ impl Client {
             authorization,
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
+            blobs_uploaded: AtomicU64::new(0),
         })
     }
 
     /// Request body bytes sent since the client was created.
     pub fn bytes_sent(&self) -> u64 {
         self.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// Blobs uploaded since the client was created.
+    pub fn blobs_uploaded(&self) -> u64 {
+        self.blobs_uploaded.load(Ordering::Relaxed)
     }
 
     /// Response body bytes received since the client was created.
@@ -294,6 +301,7 @@ impl Client {
             )
             .await?;
         if reply.status.is_success() {
+            self.blobs_uploaded.fetch_add(1, Ordering::Relaxed);
             Ok(())
         } else {
             Err(error_from_reply(&reply, &format!("blob {id}")))

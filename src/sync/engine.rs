@@ -127,7 +127,7 @@ impl Engine {
         }
     }
 
-    pub fn client(&self) -> &Client {
+    pub fn client(&self) -> &Arc<Client> {
         &self.client
     }
 

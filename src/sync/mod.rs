@@ -38,6 +38,9 @@ pub struct SyncStatus {
     pub pulled_total: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Blocks uploaded since the daemon started; blocks the server already
+    /// has (dedup by block id) are not sent again.
+    pub blocks_uploaded: u64,
 }
 
 /// The last failure of the sync loop, kept until a round succeeds.
@@ -72,6 +75,8 @@ pub struct SyncHandle {
     wake: Arc<Notify>,
     commands: mpsc::UnboundedSender<Command>,
     status: Arc<Mutex<SyncStatus>>,
+    /// The engine's client, read for live traffic counters.
+    client: Arc<client::Client>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -89,6 +94,7 @@ impl SyncHandle {
             .thread_name("syn-sync")
             .enable_all()
             .build()?;
+        let client = engine.client().clone();
         let sync_loop = SyncLoop {
             engine,
             wake: wake.clone(),
@@ -102,6 +108,7 @@ impl SyncHandle {
             wake,
             commands,
             status,
+            client,
             thread: Some(thread),
         })
     }
@@ -113,7 +120,11 @@ impl SyncHandle {
     }
 
     pub fn status(&self) -> SyncStatus {
-        lock(&self.status).clone()
+        let mut status = lock(&self.status).clone();
+        status.bytes_sent = self.client.bytes_sent();
+        status.bytes_received = self.client.bytes_received();
+        status.blocks_uploaded = self.client.blobs_uploaded();
+        status
     }
 
     /// Runs a round now and waits at most `timeout` for its outcome.
@@ -265,8 +276,6 @@ impl SyncLoop {
             }
         }
         let mut status = lock(&self.status);
-        status.bytes_sent = self.engine.client().bytes_sent();
-        status.bytes_received = self.engine.client().bytes_received();
         match outcome {
             Ok(report) => {
                 if failures > 0 {
