@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::merge::merge;
-use super::node::NodeDoc;
+use super::node::{NodeDoc, NodeKind};
 use super::{DATABASE_FILE, Store, StoreError, write_node, write_node_tagged};
 use crate::crypto::{BlockId, NodeId};
 
@@ -330,6 +330,8 @@ struct StagedNode {
     logged: bool,
     /// Directory inodes and names the node had before, for invalidation.
     old_entries: Vec<(u64, Vec<u8>)>,
+    /// The local document before the page, for the rules that keep it.
+    local: Option<NodeDoc>,
 }
 
 struct LocalState {
@@ -463,6 +465,7 @@ impl ApplyContext<'_> {
                 doc: copy,
                 logged: true,
                 old_entries: Vec::new(),
+                local: None,
             });
         }
 
@@ -487,10 +490,11 @@ impl ApplyContext<'_> {
         };
         staged.push(StagedNode {
             id: document.id,
-            ino: local.map_or(ino, |local| local.ino),
+            ino: local.as_ref().map_or(ino, |local| local.ino),
             doc,
             logged,
             old_entries: old_entry,
+            local: local.map(|local| local.doc),
         });
         Ok(staged)
     }
@@ -498,9 +502,11 @@ impl ApplyContext<'_> {
     /// Puts a staged node into the name indexes, resolving a name collision
     /// that remains once the whole page is applied.
     fn place(&mut self, mut node: StagedNode) -> Result<AppliedChange, StoreError> {
+        let kept = self.keep_directory_with_new_entries(&mut node)?;
+        let undone = self.undo_move_into_itself(&mut node)?;
         let renamed = self.place_without_collision(&node.id, &mut node.doc)?;
         write_node(self.transaction, self.keys, &node.id, &node.doc)?;
-        if renamed && !node.logged {
+        if (kept || undone || renamed) && !node.logged {
             self.log_change(&node.id)?;
         }
         let mut entries = node.old_entries;
@@ -509,6 +515,65 @@ impl ApplyContext<'_> {
             ino: node.ino,
             entries,
         })
+    }
+
+    /// Keeps a directory that another device deleted while this device
+    /// added entries to it, so those entries stay reachable; the kept
+    /// directory is pushed back. Returns true when it kept the directory.
+    fn keep_directory_with_new_entries(&mut self, node: &mut StagedNode) -> Result<bool, StoreError> {
+        let Some(local) = &node.local else {
+            return Ok(false);
+        };
+        if !node.doc.is_deleted() || local.kind != NodeKind::Directory {
+            return Ok(false);
+        }
+        let tag = self.keys.directory_tag(&node.id);
+        let has_entries = self
+            .transaction
+            .query_row("SELECT 1 FROM entries WHERE directory_tag = ?1 LIMIT 1", [tag.0.as_slice()], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if has_entries {
+            log::warn!("a directory deleted on another device still holds entries here; it was kept");
+            node.doc = local.clone();
+        }
+        Ok(has_entries)
+    }
+
+    /// Undoes a remote move of a directory into its own subtree (two
+    /// devices moving x into y and y into x), which would cut both off:
+    /// the directory keeps its local place. Returns true when it undid one.
+    fn undo_move_into_itself(&mut self, node: &mut StagedNode) -> Result<bool, StoreError> {
+        if node.doc.kind != NodeKind::Directory {
+            return Ok(false);
+        }
+        let mut current = node.doc.parent;
+        // The bound stops a damaged store from looping forever.
+        for _ in 0..4096 {
+            if current == NodeId::ROOT {
+                return Ok(false);
+            }
+            if current == node.id {
+                break;
+            }
+            let sealed: Option<Vec<u8>> = self
+                .transaction
+                .query_row("SELECT document FROM nodes WHERE id = ?1", [current.0.as_slice()], |row| row.get(0))
+                .optional()?;
+            let Some(sealed) = sealed else {
+                return Ok(false);
+            };
+            current = self.open_doc(&current, &sealed)?.parent;
+        }
+        log::warn!("a remote move would have put a directory inside itself; the move was undone");
+        match &node.local {
+            Some(local) if !local.is_deleted() => {
+                node.doc.parent = local.parent;
+                node.doc.name = local.name.clone();
+            }
+            _ => node.doc.parent = NodeId::ROOT,
+        }
+        Ok(true)
     }
 
     /// Makes room for each link of `doc`: when another node holds the name,

@@ -340,13 +340,13 @@ impl Engine {
             remote.extend(parse_document(document)?);
         }
         self.fetch_blocks(&remote).await?;
-        let count = remote.len();
         let applied = with_store(&self.store, move |store| {
             store.apply_remote(&remote, cursor)
         })
         .await?;
         self.notify_kernel(&applied);
-        Ok(count)
+        // Our own pushes coming back are skipped, so only real changes count.
+        Ok(applied.len())
     }
 
     fn notify_kernel(&self, applied: &[AppliedChange]) {

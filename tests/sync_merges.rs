@@ -1,0 +1,190 @@
+//! Merge rules between two devices on real mounts: changes made while the
+//! server is down meet when it returns.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use common::{Device, Server, read_if_exists, wait_until};
+
+struct Pair {
+    server: Server,
+    a: Device,
+    b: Device,
+}
+
+fn pair() -> Pair {
+    let server = Server::start();
+    let token = server.add_account("alice");
+    let mut a = Device::create(&server, &token, "A");
+    let mut b = Device::join(&server, &token, "B");
+    a.mount();
+    b.mount();
+    Pair { server, a, b }
+}
+
+fn pending(device: &Device) -> u64 {
+    device.status_json()["pending_changes"].as_u64().unwrap_or(u64::MAX)
+}
+
+/// Waits until both devices pushed everything and see the same tree.
+fn converge(pair: &Pair) {
+    wait_until("both devices to push", || pending(&pair.a) == 0 && pending(&pair.b) == 0);
+    wait_until("both trees to match", || tree(&pair.a) == tree(&pair.b));
+}
+
+fn tree(device: &Device) -> Vec<(String, Vec<u8>)> {
+    let mut entries = Vec::new();
+    let mut pending_dirs = vec![device.mountpoint.clone()];
+    while let Some(dir) = pending_dirs.pop() {
+        let Ok(listing) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in listing.flatten() {
+            let path = entry.path();
+            let relative = path.strip_prefix(&device.mountpoint).unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                pending_dirs.push(path);
+                entries.push((relative + "/", Vec::new()));
+            } else {
+                entries.push((relative, fs::read(&path).unwrap_or_default()));
+            }
+        }
+    }
+    entries.sort();
+    entries
+}
+
+#[test]
+fn rename_on_one_and_edit_on_other_combine() {
+    let mut pair = pair();
+    fs::write(pair.a.path("report.txt"), b"draft").unwrap();
+    fs::set_permissions(pair.a.path("report.txt"), fs::Permissions::from_mode(0o644)).unwrap();
+    wait_until("the file on B", || pair.b.path("report.txt").exists());
+    converge(&pair);
+
+    pair.server.stop();
+    fs::rename(pair.a.path("report.txt"), pair.a.path("final.txt")).unwrap();
+    fs::set_permissions(pair.b.path("report.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(pair.b.path("report.txt"), b"edited on B").unwrap();
+    pair.server.restart();
+
+    converge(&pair);
+    for device in [&pair.a, &pair.b] {
+        assert!(!device.path("report.txt").exists(), "the old name is gone");
+        assert_eq!(fs::read(device.path("final.txt")).unwrap(), b"edited on B", "renamed file with B's content");
+        let mode = fs::metadata(device.path("final.txt")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "B's chmod is kept too");
+    }
+}
+
+#[test]
+fn edit_wins_over_delete() {
+    let mut pair = pair();
+    fs::write(pair.a.path("kept.txt"), b"original").unwrap();
+    wait_until("the file on B", || pair.b.path("kept.txt").exists());
+    converge(&pair);
+
+    pair.server.stop();
+    fs::remove_file(pair.a.path("kept.txt")).unwrap();
+    fs::write(pair.b.path("kept.txt"), b"edited after the delete").unwrap();
+    pair.server.restart();
+
+    converge(&pair);
+    for device in [&pair.a, &pair.b] {
+        assert_eq!(
+            read_if_exists(&device.path("kept.txt")).as_deref(),
+            Some(&b"edited after the delete"[..]),
+            "the edit brings the file back"
+        );
+    }
+}
+
+#[test]
+fn deleted_directory_keeps_a_file_added_elsewhere() {
+    let mut pair = pair();
+    fs::create_dir(pair.a.path("project")).unwrap();
+    fs::write(pair.a.path("project/old.txt"), b"old").unwrap();
+    wait_until("the directory on B", || pair.b.path("project/old.txt").exists());
+    converge(&pair);
+
+    pair.server.stop();
+    fs::remove_dir_all(pair.a.path("project")).unwrap();
+    fs::write(pair.b.path("project/new.txt"), b"added on B").unwrap();
+    pair.server.restart();
+
+    converge(&pair);
+    for device in [&pair.a, &pair.b] {
+        assert_eq!(
+            read_if_exists(&device.path("project/new.txt")).as_deref(),
+            Some(&b"added on B"[..]),
+            "B's new file survives with its directory"
+        );
+    }
+}
+
+#[test]
+fn same_name_created_on_both_keeps_both() {
+    let mut pair = pair();
+    pair.server.stop();
+    fs::write(pair.a.path("notes.txt"), b"from A").unwrap();
+    fs::write(pair.b.path("notes.txt"), b"from B").unwrap();
+    pair.server.restart();
+
+    converge(&pair);
+    let contents: Vec<Vec<u8>> = tree(&pair.a).into_iter().map(|(_, content)| content).collect();
+    assert_eq!(contents.len(), 2, "two files: {:?}", tree(&pair.a));
+    assert!(contents.contains(&b"from A".to_vec()), "A's file is kept");
+    assert!(contents.contains(&b"from B".to_vec()), "B's file is kept");
+}
+
+#[test]
+fn crossed_directory_moves_make_no_cycle() {
+    let mut pair = pair();
+    fs::create_dir(pair.a.path("x")).unwrap();
+    fs::create_dir(pair.a.path("y")).unwrap();
+    fs::write(pair.a.path("x/in-x.txt"), b"x's file").unwrap();
+    fs::write(pair.a.path("y/in-y.txt"), b"y's file").unwrap();
+    wait_until("both directories on B", || pair.b.path("y/in-y.txt").exists());
+    converge(&pair);
+
+    pair.server.stop();
+    fs::rename(pair.a.path("x"), pair.a.path("y/x")).unwrap();
+    fs::rename(pair.b.path("y"), pair.b.path("x/y")).unwrap();
+    pair.server.restart();
+
+    converge(&pair);
+    let files: Vec<(String, Vec<u8>)> = tree(&pair.a).into_iter().filter(|(name, _)| !name.ends_with('/')).collect();
+    let contents: Vec<&[u8]> = files.iter().map(|(_, content)| content.as_slice()).collect();
+    assert!(contents.contains(&&b"x's file"[..]), "x's subtree is reachable: {files:?}");
+    assert!(contents.contains(&&b"y's file"[..]), "y's subtree is reachable: {files:?}");
+}
+
+#[test]
+fn open_file_written_during_remote_change_becomes_conflict_copy() {
+    use std::io::Write;
+    let pair = pair();
+    fs::write(pair.a.path("shared.txt"), b"base").unwrap();
+    wait_until("the file on B", || read_if_exists(&pair.b.path("shared.txt")).as_deref() == Some(b"base"));
+
+    let pulled = |device: &Device| device.status_json()["sync"]["pulled_total"].as_u64().unwrap_or(0);
+    let pulled_before = pulled(&pair.a);
+    let mut held = fs::OpenOptions::new().write(true).open(pair.a.path("shared.txt")).unwrap();
+    held.write_all(b"A's unsaved work").unwrap();
+    fs::write(pair.b.path("shared.txt"), b"B's version").unwrap();
+    wait_until("B's change to reach A", || pulled(&pair.a) > pulled_before);
+    drop(held);
+
+    converge(&pair);
+    for device in [&pair.a, &pair.b] {
+        let files = tree(device);
+        let contents: Vec<&[u8]> = files.iter().map(|(_, content)| content.as_slice()).collect();
+        assert_eq!(
+            read_if_exists(&device.path("shared.txt")).as_deref(),
+            Some(&b"B's version"[..]),
+            "B's version keeps the name"
+        );
+        assert!(contents.iter().any(|content| content.starts_with(b"A's unsaved work")), "A's work is a conflict copy: {files:?}");
+    }
+}
