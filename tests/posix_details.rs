@@ -211,6 +211,11 @@ fn petabyte_sparse_file_costs_nothing() {
         PETABYTE,
         "size after remount"
     );
+    let allocated = file.metadata().unwrap().blocks() * 512;
+    assert!(
+        allocated < 1 << 20,
+        "stat counts only stored blocks: {allocated} bytes"
+    );
     let mut tail = [0u8; 4];
     file.read_exact_at(&mut tail, PETABYTE - 4).unwrap();
     assert_eq!(&tail, b"tail");

@@ -25,12 +25,16 @@ fn pair() -> Pair {
 }
 
 fn pending(device: &Device) -> u64 {
-    device.status_json()["pending_changes"].as_u64().unwrap_or(u64::MAX)
+    device.status_json()["pending_changes"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
 }
 
 /// Waits until both devices pushed everything and see the same tree.
 fn converge(pair: &Pair) {
-    wait_until("both devices to push", || pending(&pair.a) == 0 && pending(&pair.b) == 0);
+    wait_until("both devices to push", || {
+        pending(&pair.a) == 0 && pending(&pair.b) == 0
+    });
     wait_until("both trees to match", || tree(&pair.a) == tree(&pair.b));
 }
 
@@ -43,7 +47,11 @@ fn tree(device: &Device) -> Vec<(String, Vec<u8>)> {
         };
         for entry in listing.flatten() {
             let path = entry.path();
-            let relative = path.strip_prefix(&device.mountpoint).unwrap().to_string_lossy().into_owned();
+            let relative = path
+                .strip_prefix(&device.mountpoint)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             if path.is_dir() {
                 pending_dirs.push(path);
                 entries.push((relative + "/", Vec::new()));
@@ -73,8 +81,16 @@ fn rename_on_one_and_edit_on_other_combine() {
     converge(&pair);
     for device in [&pair.a, &pair.b] {
         assert!(!device.path("report.txt").exists(), "the old name is gone");
-        assert_eq!(fs::read(device.path("final.txt")).unwrap(), b"edited on B", "renamed file with B's content");
-        let mode = fs::metadata(device.path("final.txt")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            fs::read(device.path("final.txt")).unwrap(),
+            b"edited on B",
+            "renamed file with B's content"
+        );
+        let mode = fs::metadata(device.path("final.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "B's chmod is kept too");
     }
 }
@@ -106,7 +122,9 @@ fn deleted_directory_keeps_a_file_added_elsewhere() {
     let mut pair = pair();
     fs::create_dir(pair.a.path("project")).unwrap();
     fs::write(pair.a.path("project/old.txt"), b"old").unwrap();
-    wait_until("the directory on B", || pair.b.path("project/old.txt").exists());
+    wait_until("the directory on B", || {
+        pair.b.path("project/old.txt").exists()
+    });
     converge(&pair);
 
     pair.server.stop();
@@ -133,7 +151,10 @@ fn same_name_created_on_both_keeps_both() {
     pair.server.restart();
 
     converge(&pair);
-    let contents: Vec<Vec<u8>> = tree(&pair.a).into_iter().map(|(_, content)| content).collect();
+    let contents: Vec<Vec<u8>> = tree(&pair.a)
+        .into_iter()
+        .map(|(_, content)| content)
+        .collect();
     assert_eq!(contents.len(), 2, "two files: {:?}", tree(&pair.a));
     assert!(contents.contains(&b"from A".to_vec()), "A's file is kept");
     assert!(contents.contains(&b"from B".to_vec()), "B's file is kept");
@@ -146,7 +167,9 @@ fn crossed_directory_moves_make_no_cycle() {
     fs::create_dir(pair.a.path("y")).unwrap();
     fs::write(pair.a.path("x/in-x.txt"), b"x's file").unwrap();
     fs::write(pair.a.path("y/in-y.txt"), b"y's file").unwrap();
-    wait_until("both directories on B", || pair.b.path("y/in-y.txt").exists());
+    wait_until("both directories on B", || {
+        pair.b.path("y/in-y.txt").exists()
+    });
     converge(&pair);
 
     pair.server.stop();
@@ -155,10 +178,22 @@ fn crossed_directory_moves_make_no_cycle() {
     pair.server.restart();
 
     converge(&pair);
-    let files: Vec<(String, Vec<u8>)> = tree(&pair.a).into_iter().filter(|(name, _)| !name.ends_with('/')).collect();
-    let contents: Vec<&[u8]> = files.iter().map(|(_, content)| content.as_slice()).collect();
-    assert!(contents.contains(&&b"x's file"[..]), "x's subtree is reachable: {files:?}");
-    assert!(contents.contains(&&b"y's file"[..]), "y's subtree is reachable: {files:?}");
+    let files: Vec<(String, Vec<u8>)> = tree(&pair.a)
+        .into_iter()
+        .filter(|(name, _)| !name.ends_with('/'))
+        .collect();
+    let contents: Vec<&[u8]> = files
+        .iter()
+        .map(|(_, content)| content.as_slice())
+        .collect();
+    assert!(
+        contents.contains(&&b"x's file"[..]),
+        "x's subtree is reachable: {files:?}"
+    );
+    assert!(
+        contents.contains(&&b"y's file"[..]),
+        "y's subtree is reachable: {files:?}"
+    );
 }
 
 #[test]
@@ -166,25 +201,137 @@ fn open_file_written_during_remote_change_becomes_conflict_copy() {
     use std::io::Write;
     let pair = pair();
     fs::write(pair.a.path("shared.txt"), b"base").unwrap();
-    wait_until("the file on B", || read_if_exists(&pair.b.path("shared.txt")).as_deref() == Some(b"base"));
+    wait_until("the file on B", || {
+        read_if_exists(&pair.b.path("shared.txt")).as_deref() == Some(b"base")
+    });
 
-    let pulled = |device: &Device| device.status_json()["sync"]["pulled_total"].as_u64().unwrap_or(0);
+    let pulled = |device: &Device| {
+        device.status_from_socket()["sync"]["pulled_total"]
+            .as_u64()
+            .unwrap_or(0)
+    };
     let pulled_before = pulled(&pair.a);
-    let mut held = fs::OpenOptions::new().write(true).open(pair.a.path("shared.txt")).unwrap();
+    let mut held = fs::OpenOptions::new()
+        .write(true)
+        .open(pair.a.path("shared.txt"))
+        .unwrap();
     held.write_all(b"A's unsaved work").unwrap();
+    // B's write runs in this process too, so no child inherits `held`.
     fs::write(pair.b.path("shared.txt"), b"B's version").unwrap();
-    wait_until("B's change to reach A", || pulled(&pair.a) > pulled_before);
+    wait_until("B to push its version", || {
+        pair.b.status_from_socket()["pending_changes"].as_u64() == Some(0)
+    });
+    wait_until("B's change to reach A", || {
+        let status = pair.a.status_from_socket();
+        pulled(&pair.a) > pulled_before || status["conflicts"].as_u64().unwrap_or(0) > 0
+    });
     drop(held);
 
     converge(&pair);
+    // NOTE: a close of any copy of the descriptor (a process that another
+    // test thread starts inherits it until exec) commits A's file early, and
+    // then B's version is the one that becomes the conflict copy. Either way
+    // both versions must survive, one of them under the original name.
     for device in [&pair.a, &pair.b] {
         let files = tree(device);
-        let contents: Vec<&[u8]> = files.iter().map(|(_, content)| content.as_slice()).collect();
-        assert_eq!(
-            read_if_exists(&device.path("shared.txt")).as_deref(),
-            Some(&b"B's version"[..]),
-            "B's version keeps the name"
+        let contents: Vec<&[u8]> = files
+            .iter()
+            .map(|(_, content)| content.as_slice())
+            .collect();
+        assert!(
+            contents.contains(&&b"B's version"[..]),
+            "B's version survives: {files:?}"
         );
-        assert!(contents.iter().any(|content| content.starts_with(b"A's unsaved work")), "A's work is a conflict copy: {files:?}");
+        assert!(
+            contents
+                .iter()
+                .any(|content| content.starts_with(b"A's unsaved work")),
+            "A's work survives: {files:?}"
+        );
+        let named = read_if_exists(&device.path("shared.txt")).unwrap_or_default();
+        assert!(
+            named == b"B's version" || named.starts_with(b"A's unsaved work"),
+            "one of the versions keeps the name: {files:?}"
+        );
+    }
+}
+
+#[test]
+fn file_in_a_subfolder_of_a_deleted_tree_survives() {
+    let mut pair = pair();
+    fs::create_dir_all(pair.a.path("tree/sub")).unwrap();
+    fs::write(pair.a.path("tree/sub/old.txt"), b"old").unwrap();
+    wait_until("the tree on B", || pair.b.path("tree/sub/old.txt").exists());
+    converge(&pair);
+
+    pair.server.stop();
+    fs::remove_dir_all(pair.a.path("tree")).unwrap();
+    fs::write(pair.b.path("tree/sub/new.txt"), b"nested addition").unwrap();
+    pair.server.restart();
+
+    converge(&pair);
+    for device in [&pair.a, &pair.b] {
+        assert_eq!(
+            read_if_exists(&device.path("tree/sub/new.txt")).as_deref(),
+            Some(&b"nested addition"[..]),
+            "the nested new file survives with its directories"
+        );
+    }
+}
+
+#[test]
+fn offline_swap_of_two_names_syncs_as_a_swap() {
+    let mut pair = pair();
+    fs::write(pair.a.path("f1"), b"x").unwrap();
+    fs::write(pair.a.path("f2"), b"y").unwrap();
+    wait_until("both files on B", || pair.b.path("f2").exists());
+    converge(&pair);
+
+    pair.server.stop();
+    fs::rename(pair.a.path("f1"), pair.a.path("tmp")).unwrap();
+    fs::rename(pair.a.path("f2"), pair.a.path("f1")).unwrap();
+    fs::rename(pair.a.path("tmp"), pair.a.path("f2")).unwrap();
+    pair.server.restart();
+
+    converge(&pair);
+    for device in [&pair.a, &pair.b] {
+        assert_eq!(
+            read_if_exists(&device.path("f1")).as_deref(),
+            Some(&b"y"[..]),
+            "f1 holds y"
+        );
+        assert_eq!(
+            read_if_exists(&device.path("f2")).as_deref(),
+            Some(&b"x"[..]),
+            "f2 holds x"
+        );
+        assert_eq!(
+            tree(device).len(),
+            2,
+            "no conflict copies: {:?}",
+            tree(device)
+        );
+    }
+}
+
+#[test]
+fn delete_on_one_and_rename_on_other_keeps_the_file() {
+    let mut pair = pair();
+    fs::write(pair.a.path("moving.txt"), b"keep me").unwrap();
+    wait_until("the file on B", || pair.b.path("moving.txt").exists());
+    converge(&pair);
+
+    pair.server.stop();
+    fs::remove_file(pair.a.path("moving.txt")).unwrap();
+    fs::rename(pair.b.path("moving.txt"), pair.b.path("moved.txt")).unwrap();
+    pair.server.restart();
+
+    converge(&pair);
+    for device in [&pair.a, &pair.b] {
+        assert_eq!(
+            read_if_exists(&device.path("moved.txt")).as_deref(),
+            Some(&b"keep me"[..]),
+            "the rename wins"
+        );
     }
 }

@@ -435,3 +435,57 @@ fn small_edits_and_copies_upload_few_blocks() {
         "B's copy has the edited bytes"
     );
 }
+
+/// Sends one HTTP/1.1 POST with a JSON body to the test server and returns
+/// the status code and body.
+fn post_json(server: &Server, path: &str, token: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let address = server.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let status = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[test]
+fn forged_document_is_skipped_and_sync_goes_on() {
+    let server = Server::start();
+    let token = server.add_account("alice");
+    let mut a = Device::create(&server, &token, "A");
+    let mut b = Device::join(&server, &token, "B");
+    a.mount();
+    b.mount();
+
+    let (status, enrolled) = post_json(&server, "/v1/devices", &token, r#"{"label":"intruder"}"#);
+    assert_eq!(status, 200, "enrolment: {enrolled}");
+    let device_token: serde_json::Value = serde_json::from_str(&enrolled).unwrap();
+    let device_token = device_token["device_token"].as_str().unwrap();
+    let forged = format!(
+        r#"{{"writes":[{{"id":"{}","base_generation":0,"write_id":"{}","data":"{}"}}]}}"#,
+        "00112233445566778899aabbccddeeff",
+        "ffeeddccbbaa99887766554433221100",
+        "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5eg=="
+    );
+    let (status, body) = post_json(&server, "/v1/documents", device_token, &forged);
+    assert_eq!(status, 200, "the server stores what it cannot read: {body}");
+
+    fs::write(a.path("after-forgery.txt"), b"still syncing").unwrap();
+    wait_until("A's file on B past the forged document", || {
+        read_if_exists(&b.path("after-forgery.txt")).as_deref() == Some(b"still syncing")
+    });
+    assert!(
+        last_error(&b).is_none(),
+        "the skipped document is not a sync failure"
+    );
+}

@@ -136,6 +136,9 @@ pub fn join(
         ClientError::NotFound { .. } => CliError::new(
             "this server account has no vault yet: create one with `syn init --server URL --token TOKEN`",
         ),
+        ClientError::Unauthorized { .. } => CliError::new(
+            "the server rejected the account token: pass the token that `syn serve add-account` printed",
+        ),
         other => other.into(),
     })?;
     let wrapped_bytes = BASE64

@@ -125,10 +125,13 @@ enum Command {
     Join {
         #[command(flatten)]
         store: StoreArg,
+        /// Server URL, such as http://127.0.0.1:8420.
         #[arg(long)]
         server: String,
+        /// Account token printed by `syn serve add-account`.
         #[arg(long)]
         token: String,
+        /// Name of this device in conflict copies [default: the host name].
         #[arg(long)]
         device_name: Option<String>,
         #[command(flatten)]
@@ -167,7 +170,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Sync now and wait for the result.
+    /// Sync now and wait for the result; without a running daemon it asks
+    /// for the passphrase and syncs in the foreground.
     Sync {
         #[command(flatten)]
         store: StoreArg,
@@ -205,10 +209,13 @@ fn init_logging(verbose: bool) {
     env_logger::Builder::new()
         .filter_level(level)
         .parse_env("SYN_LOG")
-        // fuser logs every request with its file names at debug level.
-        .filter_module("fuser", log::LevelFilter::Warn)
-        // fuser's session warns at every unmount that syn did itself.
-        .filter_module("fuser::session", log::LevelFilter::Error)
+        // fuser logs requests, and warnings for unimplemented ones, with
+        // their file names in plain text; its session also warns at every
+        // unmount that syn did itself.
+        .filter_module("fuser", log::LevelFilter::Error)
+        // The daemon's stderr is its log file, even when started from a
+        // terminal, so no colour codes.
+        .write_style(env_logger::WriteStyle::Never)
         .format_timestamp_millis()
         .init();
 }

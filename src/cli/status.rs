@@ -25,7 +25,7 @@ fn describe_time(unix_seconds: u64) -> String {
     let age = unix_now().saturating_sub(unix_seconds);
     format!(
         "{} UTC ({age} s ago)",
-        crate::store::format_utc(unix_seconds)
+        crate::store::format_utc_readable(unix_seconds)
     )
 }
 
@@ -84,10 +84,10 @@ fn print_daemon_status(status: &DaemonStatus, as_json: bool) {
         }
     }
     println!(
-        "Pending:     {} changes waiting to be pushed",
+        "Pending:     changes waiting to be pushed: {}",
         status.pending_changes
     );
-    println!("Conflicts:   {} conflict copies created", status.conflicts);
+    println!("Conflicts:   conflict copies created: {}", status.conflicts);
     if status.insecure_kdf {
         println!(
             "Warning:     this vault's key uses test-only Argon2 costs; never keep real files in it"
@@ -124,10 +124,13 @@ fn print_store_status(store_dir: &Path, as_json: bool) -> Result<(), CliError> {
         println!("Last error:  {error}");
     }
     println!(
-        "Pending:     {} changes waiting to be pushed",
+        "Pending:     changes waiting to be pushed: {}",
         summary.pending_changes
     );
-    println!("Conflicts:   {} conflict copies created", summary.conflicts);
+    println!(
+        "Conflicts:   conflict copies created: {}",
+        summary.conflicts
+    );
     Ok(())
 }
 

@@ -67,9 +67,16 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, DaemonError> {
         path: path.to_path_buf(),
         reason: reason.to_string(),
     };
-    let resolved = path
-        .canonicalize()
-        .map_err(|_| invalid("does not exist; create it with mkdir first"))?;
+    let resolved = path.canonicalize().map_err(|error| {
+        if error.raw_os_error() == Some(libc::ENOTCONN) {
+            invalid(&format!(
+                "is a stale mount left by a daemon that stopped; run `fusermount3 -u {}` first",
+                path.display()
+            ))
+        } else {
+            invalid("does not exist; create it with mkdir first")
+        }
+    })?;
     if !resolved.is_dir() {
         return Err(invalid("is not a directory"));
     }

@@ -36,9 +36,18 @@ impl SynFs {
     }
 }
 
+/// Faults logged one by one before the log goes quiet; after that only
+/// every thousandth is logged, with the running count.
+const FAULTS_LOGGED_IN_FULL: u64 = 20;
+
+static FAULTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn errno(error: &FsError) -> Errno {
     if error.is_fault() {
-        log::error!("file system operation failed: {error}");
+        let count = FAULTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if count <= FAULTS_LOGGED_IN_FULL || count % 1000 == 0 {
+            log::error!("file system operation failed ({count} so far): {error}");
+        }
     } else {
         log::trace!("file system operation returned: {error}");
     }
@@ -61,7 +70,7 @@ fn file_attr(attr: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
-        blocks: attr.size.div_ceil(512),
+        blocks: attr.allocated.div_ceil(512),
         atime: attr.atime.to_system_time(),
         mtime: attr.mtime.to_system_time(),
         ctime: attr.ctime.to_system_time(),

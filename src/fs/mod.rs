@@ -63,6 +63,9 @@ pub struct Attr {
     pub mtime: Timestamp,
     pub ctime: Timestamp,
     pub rdev: u32,
+    /// Bytes that hold data, so a sparse file's holes count as free (an
+    /// estimate at block granularity).
+    pub allocated: u64,
 }
 
 /// Changes requested by `setattr`; `None` leaves a field as it is.
@@ -192,6 +195,14 @@ impl FsCore {
 
     fn attr_of(&self, state: &FsState, store: &Store, row: &NodeRow) -> FsResult<Attr> {
         let doc = &row.doc;
+        let stored = |content: &crate::store::Content| {
+            (content.blocks.len() as u64 * content.block_size as u64).min(content.size)
+        };
+        let allocated = match state.open_files.get(&row.ino) {
+            Some(open) => (stored(&open.content) + open.dirty_bytes()).min(open.content.size),
+            None if doc.kind == NodeKind::File => stored(&doc.content),
+            None => 0,
+        };
         let (size, mtime) = match state.open_files.get(&row.ino) {
             Some(open) => (open.content.size, open.mtime),
             None => match doc.kind {
@@ -213,6 +224,11 @@ impl FsCore {
             mtime,
             ctime: doc.ctime,
             rdev: doc.rdev,
+            allocated: if doc.kind == NodeKind::File {
+                allocated
+            } else {
+                size
+            },
         })
     }
 

@@ -48,6 +48,14 @@ impl OpenFile {
         }
     }
 
+    /// Bytes buffered in blocks not sealed yet.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty_blocks
+            .values()
+            .map(|buffer| buffer.len() as u64)
+            .sum()
+    }
+
     fn block_size(&self) -> u64 {
         self.content.block_size as u64
     }

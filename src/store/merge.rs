@@ -40,12 +40,16 @@ pub fn merge(base: Option<&NodeDoc>, local: &NodeDoc, remote: &NodeDoc) -> Merge
     };
     let local_changed_content = base.is_none_or(|base| content(base) != content(local));
     let remote_changed_content = base.is_none_or(|base| content(base) != content(remote));
+    // Any change (content, a rename, a chmod) wins over a deletion, so a
+    // deletion never takes away what the other device still worked on.
+    let local_changed = base.is_none_or(|base| base != local);
+    let remote_changed = base.is_none_or(|base| base != remote);
 
     match (local.kind, remote.kind) {
         (NodeKind::Deleted, NodeKind::Deleted) => return keep(remote),
-        (_, NodeKind::Deleted) if local_changed_content => return keep(local),
+        (_, NodeKind::Deleted) if local_changed => return keep(local),
         (_, NodeKind::Deleted) => return keep(remote),
-        (NodeKind::Deleted, _) if remote_changed_content => return keep(remote),
+        (NodeKind::Deleted, _) if remote_changed => return keep(remote),
         (NodeKind::Deleted, _) => return keep(local),
         _ => {}
     }
@@ -161,11 +165,18 @@ mod tests {
     }
 
     #[test]
-    fn delete_wins_over_untouched_content() {
+    fn rename_wins_over_delete() {
         let base = file("a", 1);
         let mut remote = base.clone();
         remote.name = b"renamed".to_vec();
         let merged = merge(Some(&base), &NodeDoc::tombstone(), &remote);
+        assert_eq!(merged.doc, remote);
+    }
+
+    #[test]
+    fn delete_wins_over_an_untouched_node() {
+        let base = file("a", 1);
+        let merged = merge(Some(&base), &NodeDoc::tombstone(), &base);
         assert!(merged.doc.is_deleted());
     }
 

@@ -26,7 +26,7 @@ pub use node::{Content, DEFAULT_BLOCK_SIZE, NodeDoc, NodeKind, Timestamp, VAULT_
 pub use schema::SCHEMA_VERSION;
 pub use sync_state::{
     AppliedChange, PendingDocument, RemoteDocument, StoreSummary, conflict_name, format_utc,
-    summarize,
+    format_utc_readable, summarize,
 };
 
 const DATABASE_FILE: &str = "store.db";

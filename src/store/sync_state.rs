@@ -134,7 +134,15 @@ pub fn conflict_name(name: &[u8], device: &str, unix_seconds: u64) -> Vec<u8> {
     result
 }
 
-/// Formats a Unix time as `YYYY-MM-DD HHMMSS` in UTC.
+/// Formats a Unix time as `YYYY-MM-DD HH:MM:SS` in UTC, for people.
+pub fn format_utc_readable(unix_seconds: u64) -> String {
+    let text = format_utc(unix_seconds);
+    let (date, time) = text.split_at(11);
+    format!("{date}{}:{}:{}", &time[0..2], &time[2..4], &time[4..6])
+}
+
+/// Formats a Unix time as `YYYY-MM-DD HHMMSS` in UTC, a form that fits in
+/// file names.
 pub fn format_utc(unix_seconds: u64) -> String {
     let days = (unix_seconds / 86_400) as i64;
     let seconds_of_day = unix_seconds % 86_400;
@@ -236,16 +244,23 @@ impl Store {
         self.set_meta("last_error", message.as_bytes())
     }
 
+    fn open_remote(&self, document: &RemoteDocument) -> Result<NodeDoc, StoreError> {
+        let plaintext = self.keys.open_document(&document.id, &document.sealed)?;
+        NodeDoc::from_bytes(&plaintext).ok_or_else(|| StoreError::Corrupt {
+            path: self.dir.clone(),
+            reason: format!("remote document {} does not parse", document.id.to_hex()),
+        })
+    }
+
     /// Blocks that `documents` refer to and this store lacks; they must be
-    /// fetched before the documents are applied.
+    /// fetched before the documents are applied. Documents that fail to open
+    /// are left to `apply_remote`, which skips them.
     pub fn missing_blocks(&self, documents: &[RemoteDocument]) -> Result<Vec<BlockId>, StoreError> {
         let mut missing = Vec::new();
         for document in documents {
-            let plaintext = self.keys.open_document(&document.id, &document.sealed)?;
-            let doc = NodeDoc::from_bytes(&plaintext).ok_or_else(|| StoreError::Corrupt {
-                path: self.dir.clone(),
-                reason: format!("remote document {} does not parse", document.id.to_hex()),
-            })?;
+            let Ok(doc) = self.open_remote(document) else {
+                continue;
+            };
             for block in doc.content.blocks.into_values() {
                 if !missing.contains(&block) && !self.has_block(&block)? {
                     missing.push(block);
@@ -275,12 +290,16 @@ impl Store {
         let device = self.device_label()?;
         let mut opened = Vec::with_capacity(documents.len());
         for document in documents {
-            let plaintext = self.keys.open_document(&document.id, &document.sealed)?;
-            let doc = NodeDoc::from_bytes(&plaintext).ok_or_else(|| StoreError::Corrupt {
-                path: self.dir.clone(),
-                reason: format!("remote document {} does not parse", document.id.to_hex()),
-            })?;
-            opened.push((document, doc));
+            // One damaged or forged document must not stop the whole vault's
+            // sync: it is left out (nothing of it is trusted) and logged.
+            match self.open_remote(document) {
+                Ok(doc) => opened.push((document, doc)),
+                Err(error) => log::warn!(
+                    "skipped remote document {} at generation {}: {error}",
+                    document.id.to_hex(),
+                    document.generation
+                ),
+            }
         }
 
         let mut applied = Vec::new();
@@ -520,7 +539,10 @@ impl ApplyContext<'_> {
     /// Keeps a directory that another device deleted while this device
     /// added entries to it, so those entries stay reachable; the kept
     /// directory is pushed back. Returns true when it kept the directory.
-    fn keep_directory_with_new_entries(&mut self, node: &mut StagedNode) -> Result<bool, StoreError> {
+    fn keep_directory_with_new_entries(
+        &mut self,
+        node: &mut StagedNode,
+    ) -> Result<bool, StoreError> {
         let Some(local) = &node.local else {
             return Ok(false);
         };
@@ -530,11 +552,17 @@ impl ApplyContext<'_> {
         let tag = self.keys.directory_tag(&node.id);
         let has_entries = self
             .transaction
-            .query_row("SELECT 1 FROM entries WHERE directory_tag = ?1 LIMIT 1", [tag.0.as_slice()], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM entries WHERE directory_tag = ?1 LIMIT 1",
+                [tag.0.as_slice()],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some();
         if has_entries {
-            log::warn!("a directory deleted on another device still holds entries here; it was kept");
+            log::warn!(
+                "a directory deleted on another device still holds entries here; it was kept"
+            );
             node.doc = local.clone();
         }
         Ok(has_entries)
@@ -558,7 +586,11 @@ impl ApplyContext<'_> {
             }
             let sealed: Option<Vec<u8>> = self
                 .transaction
-                .query_row("SELECT document FROM nodes WHERE id = ?1", [current.0.as_slice()], |row| row.get(0))
+                .query_row(
+                    "SELECT document FROM nodes WHERE id = ?1",
+                    [current.0.as_slice()],
+                    |row| row.get(0),
+                )
                 .optional()?;
             let Some(sealed) = sealed else {
                 return Ok(false);

@@ -137,18 +137,30 @@ impl Engine {
 
     /// Pushes everything pending, then pulls until the server has no more.
     pub async fn round(&self) -> Result<RoundReport, SyncError> {
-        let pushed = self.push_all().await?;
+        let mut report = RoundReport::default();
+        // Applying remote changes can log local ones (a merge, a kept
+        // directory, a renamed collision); those go out in the same round.
+        for _ in 0..MAX_CONFLICT_ROUNDS {
+            report.pushed += self.push_all().await?;
+            report.pulled += self.pull_all().await?;
+            if with_store(&self.store, |store| store.pending_count()).await? == 0 {
+                break;
+            }
+        }
+        with_store(&self.store, |store| store.record_sync_success()).await?;
+        Ok(report)
+    }
+
+    async fn pull_all(&self) -> Result<usize, SyncError> {
         let mut pulled = 0;
         loop {
             let cursor = with_store(&self.store, |store| store.cursor()).await?;
             let page = self.client.changes(cursor, PULL_PAGE_DOCUMENTS, 0).await?;
             pulled += self.apply_page(page.documents, page.cursor).await?;
             if !page.more {
-                break;
+                return Ok(pulled);
             }
         }
-        with_store(&self.store, |store| store.record_sync_success()).await?;
-        Ok(RoundReport { pushed, pulled })
     }
 
     /// Waits up to `wait_seconds` for remote changes and applies one page.

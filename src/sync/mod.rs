@@ -282,7 +282,7 @@ impl SyncLoop {
                     log::info!("sync recovered");
                 }
                 if report.pushed + report.pulled > 0 {
-                    log::info!(
+                    log::debug!(
                         "synced: pushed {} changes, pulled {}",
                         report.pushed,
                         report.pulled

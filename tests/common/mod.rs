@@ -273,6 +273,19 @@ impl Device {
         serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
     }
 
+    /// Asks the daemon for its status over the control socket, without
+    /// starting a process: a child process would inherit, and on exec close,
+    /// the test's open files, and FUSE commits a file at every close.
+    pub fn status_from_socket(&self) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(self.store.join("control.sock"))
+            .expect("the daemon's control socket");
+        stream.write_all(b"{\"command\":\"status\"}\n").unwrap();
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply).unwrap();
+        serde_json::from_str(&reply).expect("the daemon replies with JSON")
+    }
+
     /// Runs `syn sync` and returns its output without asserting success.
     pub fn sync(&self) -> Output {
         syn()
