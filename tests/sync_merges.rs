@@ -335,3 +335,101 @@ fn delete_on_one_and_rename_on_other_keeps_the_file() {
         );
     }
 }
+
+#[test]
+fn three_devices_converge_on_concurrent_changes() {
+    let mut server = Server::start();
+    let token = server.add_account("alice");
+    let mut devices = vec![
+        Device::create(&server, &token, "A"),
+        Device::join(&server, &token, "B"),
+        Device::join(&server, &token, "C"),
+    ];
+    for device in &mut devices {
+        device.mount();
+    }
+    fs::create_dir(devices[0].path("shared")).unwrap();
+    fs::write(devices[0].path("shared/common.txt"), b"base").unwrap();
+    wait_until("the base on every device", || {
+        devices
+            .iter()
+            .all(|device| device.path("shared/common.txt").exists())
+    });
+
+    server.stop();
+    fs::write(devices[0].path("shared/common.txt"), b"edited on A").unwrap();
+    fs::write(devices[1].path("shared/common.txt"), b"edited on B").unwrap();
+    fs::rename(
+        devices[2].path("shared/common.txt"),
+        devices[2].path("shared/renamed.txt"),
+    )
+    .unwrap();
+    for (index, device) in devices.iter().enumerate() {
+        fs::write(
+            device.path(&format!("own-{index}.txt")),
+            format!("device {index}"),
+        )
+        .unwrap();
+    }
+    server.restart();
+
+    wait_until("every device to push", || {
+        devices.iter().all(|device| pending(device) == 0)
+    });
+    wait_until("the same tree everywhere", || {
+        let first = tree(&devices[0]);
+        devices.iter().all(|device| tree(device) == first)
+    });
+    let files = tree(&devices[0]);
+    let contents: Vec<&[u8]> = files
+        .iter()
+        .map(|(_, content)| content.as_slice())
+        .collect();
+    for expected in [
+        &b"edited on A"[..],
+        b"edited on B",
+        b"device 0",
+        b"device 1",
+        b"device 2",
+    ] {
+        assert!(
+            contents.contains(&expected),
+            "{:?} survives: {files:?}",
+            String::from_utf8_lossy(expected)
+        );
+    }
+}
+
+#[test]
+fn server_killed_mid_push_loses_and_duplicates_nothing() {
+    let mut pair = pair();
+    fs::create_dir(pair.a.path("many")).unwrap();
+    for index in 0..600 {
+        fs::write(
+            pair.a.path(&format!("many/file-{index:04}")),
+            format!("content {index}").repeat(200),
+        )
+        .unwrap();
+    }
+    wait_until("part of the push to land", || {
+        pair.a.status_from_socket()["sync"]["pushed_total"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    pair.server.stop();
+    pair.server.restart();
+
+    converge(&pair);
+    let names: Vec<String> = fs::read_dir(pair.b.path("many"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 600, "every file once, no conflict copies");
+    for index in [0, 299, 599] {
+        assert_eq!(
+            fs::read(pair.b.path(&format!("many/file-{index:04}"))).unwrap(),
+            format!("content {index}").repeat(200).into_bytes()
+        );
+    }
+}
