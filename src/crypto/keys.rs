@@ -100,7 +100,7 @@ id_type!(
     32
 );
 id_type!(
-    /// Keyed hash that stands in for a name or a directory in local indexes.
+    /// Keyed hash used in place of a name or a directory in local indexes.
     Tag,
     32
 );

@@ -94,9 +94,9 @@ fn timestamp(time: TimeOrNow) -> Timestamp {
 }
 
 /// Converts a time that fuser 0.18 built from the kernel's (seconds,
-/// nanoseconds). For times before 1970 it subtracts the nanoseconds instead
-/// of adding them (`system_time_from_time` in its time.rs), so -1 s + 0.5 s
-/// arrives as -1.5 s; this undoes that.
+/// nanoseconds). Its `system_time_from_time` (time.rs) subtracts the
+/// nanoseconds of a time before 1970 instead of adding them, so -1 s + 0.5 s
+/// arrives as -1.5 s. This conversion undoes that.
 fn timestamp_from_kernel(time: SystemTime) -> Timestamp {
     match time.duration_since(std::time::UNIX_EPOCH) {
         Ok(_) => Timestamp::from_system_time(time),
