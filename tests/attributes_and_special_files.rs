@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use common::{Device, Server, wait_until};
+use common::{Device, wait_until};
 
 fn c_path(path: &Path) -> CString {
     CString::new(path.as_os_str().as_bytes()).unwrap()
@@ -156,12 +156,7 @@ fn user_xattrs_set_get_list_remove() {
 
 #[test]
 fn xattrs_reach_the_other_device() {
-    let server = Server::start();
-    let token = server.add_account("alice");
-    let mut a = Device::create(&server, &token, "A");
-    let mut b = Device::join(&server, &token, "B");
-    a.mount();
-    b.mount();
+    let (_server, _token, a, b) = common::mounted_pair();
     fs::write(a.path("file"), b"x").unwrap();
     set_xattr(&a.path("file"), "user.note", b"synced attribute", 0).unwrap();
     wait_until("the attribute on B", || {

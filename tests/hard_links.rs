@@ -7,7 +7,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 
-use common::{Device, Server, read_if_exists, wait_until};
+use common::{Device, read_if_exists, wait_until};
 
 #[test]
 fn links_share_content_and_count() {
@@ -114,12 +114,7 @@ fn rename_over_a_linked_file_keeps_its_other_name() {
 
 #[test]
 fn hard_links_reach_the_other_device() {
-    let server = Server::start();
-    let token = server.add_account("alice");
-    let mut a = Device::create(&server, &token, "A");
-    let mut b = Device::join(&server, &token, "B");
-    a.mount();
-    b.mount();
+    let (_server, _token, a, b) = common::mounted_pair();
     fs::write(a.path("first"), b"linked").unwrap();
     fs::hard_link(a.path("first"), a.path("second")).unwrap();
     wait_until("both names on B", || {

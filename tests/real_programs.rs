@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Device, Server, read_if_exists, wait_until};
+use common::{Device, read_if_exists, wait_until};
 
 fn run(command: &mut Command) -> String {
     let output = command
@@ -156,12 +156,7 @@ fn sqlite_wal_and_rollback_journal_survive_remount() {
 
 #[test]
 fn safe_save_never_shows_a_missing_file_remotely() {
-    let server = Server::start();
-    let token = server.add_account("alice");
-    let mut a = Device::create(&server, &token, "A");
-    let mut b = Device::join(&server, &token, "B");
-    a.mount();
-    b.mount();
+    let (_server, _token, a, b) = common::mounted_pair();
     fs::write(a.path("document.txt"), b"version 0").unwrap();
     wait_until("the first version on B", || b.path("document.txt").exists());
 

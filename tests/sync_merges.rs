@@ -15,12 +15,7 @@ struct Pair {
 }
 
 fn pair() -> Pair {
-    let server = Server::start();
-    let token = server.add_account("alice");
-    let mut a = Device::create(&server, &token, "A");
-    let mut b = Device::join(&server, &token, "B");
-    a.mount();
-    b.mount();
+    let (server, _token, a, b) = common::mounted_pair();
     Pair { server, a, b }
 }
 

@@ -9,12 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use common::{Device, Server, read_if_exists, wait_until};
 
 fn two_devices() -> (Server, Device, Device) {
-    let server = Server::start();
-    let token = server.add_account("alice");
-    let mut a = Device::create(&server, &token, "A");
-    let mut b = Device::join(&server, &token, "B");
-    a.mount();
-    b.mount();
+    let (server, _token, a, b) = common::mounted_pair();
     (server, a, b)
 }
 
@@ -460,12 +455,7 @@ fn post_json(server: &Server, path: &str, token: &str, body: &str) -> (u16, Stri
 
 #[test]
 fn forged_document_is_skipped_and_sync_goes_on() {
-    let server = Server::start();
-    let token = server.add_account("alice");
-    let mut a = Device::create(&server, &token, "A");
-    let mut b = Device::join(&server, &token, "B");
-    a.mount();
-    b.mount();
+    let (server, token, a, b) = common::mounted_pair();
 
     let (status, enrolled) = post_json(&server, "/v1/devices", &token, r#"{"label":"intruder"}"#);
     assert_eq!(status, 200, "enrolment: {enrolled}");

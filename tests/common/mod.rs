@@ -342,6 +342,18 @@ fn start_watchdog(mountpoint: PathBuf) -> std::sync::mpsc::Sender<()> {
     disarm
 }
 
+/// A server with one account and two mounted devices of its vault, A
+/// (which created it) and B (which joined). Returns the account token too.
+pub fn mounted_pair() -> (Server, String, Device, Device) {
+    let server = Server::start();
+    let token = server.add_account("alice");
+    let mut a = Device::create(&server, &token, "A");
+    let mut b = Device::join(&server, &token, "B");
+    a.mount();
+    b.mount();
+    (server, token, a, b)
+}
+
 fn mount_line(mountpoint: &Path) -> Option<String> {
     let resolved = mountpoint.canonicalize().ok()?;
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
