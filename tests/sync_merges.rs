@@ -428,3 +428,37 @@ fn server_killed_mid_push_loses_and_duplicates_nothing() {
         );
     }
 }
+
+#[test]
+fn offline_device_catches_up_on_ten_thousand_files() {
+    let (_server, _token, a, mut b) = common::mounted_pair();
+    b.unmount();
+    for directory in 0..100 {
+        let path = a.path(&format!("batch-{directory:03}"));
+        fs::create_dir(&path).unwrap();
+        for index in 0..100 {
+            fs::write(
+                path.join(format!("file-{index:03}")),
+                format!("{directory}/{index}"),
+            )
+            .unwrap();
+        }
+    }
+    wait_until("A to push all 10,000 files", || pending(&a) == 0);
+
+    let output = b.sync();
+    assert!(
+        output.status.success(),
+        "one resumed sync: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    b.mount();
+    let mut count = 0;
+    for directory in 0..100 {
+        count += fs::read_dir(b.path(&format!("batch-{directory:03}")))
+            .unwrap()
+            .count();
+    }
+    assert_eq!(count, 10_000, "every file arrived");
+    assert_eq!(fs::read(b.path("batch-042/file-017")).unwrap(), b"42/17");
+}

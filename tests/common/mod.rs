@@ -289,7 +289,7 @@ impl Device {
     /// Runs `syn sync` and returns its output without asserting success.
     pub fn sync(&self) -> Output {
         syn()
-            .args(["sync", "--timeout", "20", "--store"])
+            .args(["sync", "--timeout", "120", "--store"])
             .arg(&self.store)
             .stdin(Stdio::null())
             .output()
