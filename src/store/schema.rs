@@ -50,6 +50,13 @@ const MIGRATIONS: &[&str] = &[
         node BLOB NOT NULL
     );
     CREATE INDEX changes_by_node ON changes(node);
+    -- Sealed documents pushed without a reply yet: if the server took one
+    -- but the reply was lost, it comes back as our own write, not a conflict.
+    CREATE TABLE attempts (
+        node BLOB NOT NULL,
+        document BLOB NOT NULL
+    );
+    CREATE INDEX attempts_by_node ON attempts(node);
     ",
 ];
 

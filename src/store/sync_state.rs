@@ -199,6 +199,19 @@ impl Store {
         Ok(pending)
     }
 
+    /// Remembers the documents about to be pushed, so that one the server
+    /// takes without the reply arriving is recognised when it comes back.
+    pub fn record_attempts(&self, documents: &[PendingDocument]) -> Result<(), StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "INSERT INTO attempts (node, document) SELECT ?1, ?2
+                 WHERE NOT EXISTS (SELECT 1 FROM attempts WHERE node = ?1 AND document = ?2)",
+        )?;
+        for document in documents {
+            statement.execute(params![document.id.0, document.sealed])?;
+        }
+        Ok(())
+    }
+
     pub fn pending_count(&self) -> Result<u64, StoreError> {
         let count: i64 =
             self.connection
@@ -222,6 +235,10 @@ impl Store {
             transaction.execute(
                 "DELETE FROM changes WHERE node = ?1 AND seq <= ?2",
                 params![document.id.0, document.seq],
+            )?;
+            transaction.execute(
+                "DELETE FROM attempts WHERE node = ?1",
+                [document.id.0.as_slice()],
             )?;
         }
         transaction.commit()?;
@@ -356,9 +373,13 @@ struct StagedNode {
 struct LocalState {
     ino: u64,
     doc: NodeDoc,
+    /// The document as stored, sealed.
+    sealed: Vec<u8>,
     generation: u64,
     base: Option<NodeDoc>,
     dirty: bool,
+    /// Sealed documents pushed without a reply yet.
+    attempts: Vec<Vec<u8>>,
 }
 
 impl ApplyContext<'_> {
@@ -383,6 +404,11 @@ impl ApplyContext<'_> {
         let Some((ino, sealed, generation, base)) = row else {
             return Ok(None);
         };
+        let attempts: Vec<Vec<u8>> = self
+            .transaction
+            .prepare_cached("SELECT document FROM attempts WHERE node = ?1")?
+            .query_map([id.0.as_slice()], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
         let dirty = self
             .transaction
             .query_row(
@@ -399,9 +425,11 @@ impl ApplyContext<'_> {
         Ok(Some(LocalState {
             ino: ino as u64,
             doc: self.open_doc(id, &sealed)?,
+            sealed,
             generation: generation as u64,
             base,
             dirty,
+            attempts,
         }))
     }
 
@@ -453,6 +481,25 @@ impl ApplyContext<'_> {
         if let Some(local) = &local {
             // Our own accepted push coming back, or a page re-sent after a retry.
             if document.generation <= local.generation {
+                return Ok(Vec::new());
+            }
+            // A push the server took although its reply was lost: it is the
+            // new base, and pending only if the node changed since.
+            if local.attempts.contains(&document.sealed) {
+                self.transaction.execute(
+                    "UPDATE nodes SET generation = ?2, base = ?3 WHERE id = ?1",
+                    params![document.id.0, document.generation as i64, document.sealed],
+                )?;
+                self.transaction.execute(
+                    "DELETE FROM attempts WHERE node = ?1",
+                    [document.id.0.as_slice()],
+                )?;
+                if local.sealed == document.sealed {
+                    self.transaction.execute(
+                        "DELETE FROM changes WHERE node = ?1",
+                        [document.id.0.as_slice()],
+                    )?;
+                }
                 return Ok(Vec::new());
             }
         }

@@ -190,6 +190,8 @@ impl Engine {
             }
             let batch = Self::cut_batch(pending);
             self.upload_blocks(&batch).await?;
+            let attempts = batch.clone();
+            with_store(&self.store, move |store| store.record_attempts(&attempts)).await?;
 
             let writes = batch
                 .iter()

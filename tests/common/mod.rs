@@ -182,6 +182,11 @@ impl Device {
         }
     }
 
+    /// A device whose store the test creates itself.
+    pub fn unconfigured() -> Device {
+        Device::new()
+    }
+
     /// A device with a new vault and no server.
     pub fn local() -> Device {
         let device = Device::new();
