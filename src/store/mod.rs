@@ -356,18 +356,10 @@ impl Store {
     /// Finds the live entry `name` in directory `parent`.
     pub fn lookup(&self, parent: &NodeId, name: &[u8]) -> Result<Option<NodeRow>, StoreError> {
         let tag = self.keys.name_tag(parent, name);
-        let node: Option<Vec<u8>> = self
-            .connection
-            .query_row(
-                "SELECT node FROM entries WHERE name_tag = ?1",
-                [tag.0.as_slice()],
-                |row| row.get(0),
-            )
-            .optional()?;
-        let Some(node) = node else {
+        let Some(node) = node_at(&self.connection, &tag)? else {
             return Ok(None);
         };
-        let row = self.node(&self.parse_node_id(&node)?)?;
+        let row = self.node(&node)?;
         // A tag collision or a stale index would show here as another name.
         Ok(row.filter(|row| !row.doc.is_deleted() && row.doc.has_link(parent, name)))
     }
@@ -470,6 +462,32 @@ impl Store {
             Ok(stat)
         }
     }
+}
+
+/// The node that the entry `tag` names, if any.
+fn node_at(
+    connection: &Connection,
+    tag: &crate::crypto::Tag,
+) -> Result<Option<NodeId>, StoreError> {
+    let node: Option<Vec<u8>> = connection
+        .query_row(
+            "SELECT node FROM entries WHERE name_tag = ?1",
+            [tag.0.as_slice()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(node.as_deref().and_then(NodeId::from_slice))
+}
+
+/// The sealed document of node `id`, if the store has the node.
+fn sealed_document(connection: &Connection, id: &NodeId) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(connection
+        .query_row(
+            "SELECT document FROM nodes WHERE id = ?1",
+            [id.0.as_slice()],
+            |row| row.get(0),
+        )
+        .optional()?)
 }
 
 /// Inserts or updates one node row, keeping its tags in step with its

@@ -8,7 +8,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 
 use super::merge::merge;
 use super::node::{NodeDoc, NodeKind};
-use super::{DATABASE_FILE, Store, StoreError, write_node, write_node_tagged};
+use super::{
+    DATABASE_FILE, Store, StoreError, node_at, sealed_document, write_node, write_node_tagged,
+};
 use crate::crypto::{BlockId, NodeId};
 
 /// Longest name a conflict copy may get, the limit of Linux file systems.
@@ -631,15 +633,7 @@ impl ApplyContext<'_> {
             if current == node.id {
                 break;
             }
-            let sealed: Option<Vec<u8>> = self
-                .transaction
-                .query_row(
-                    "SELECT document FROM nodes WHERE id = ?1",
-                    [current.0.as_slice()],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            let Some(sealed) = sealed else {
+            let Some(sealed) = sealed_document(self.transaction, &current)? else {
                 return Ok(false);
             };
             current = self.open_doc(&current, &sealed)?.parent;
@@ -674,15 +668,7 @@ impl ApplyContext<'_> {
             .collect();
         for (parent, name) in links {
             let tag = self.keys.name_tag(&parent, &name);
-            let holder: Option<Vec<u8>> = self
-                .transaction
-                .query_row(
-                    "SELECT node FROM entries WHERE name_tag = ?1",
-                    [tag.0.as_slice()],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            let Some(holder_id) = holder.as_deref().and_then(NodeId::from_slice) else {
+            let Some(holder_id) = node_at(self.transaction, &tag)? else {
                 continue;
             };
             if holder_id == *id {
@@ -694,11 +680,9 @@ impl ApplyContext<'_> {
                 renamed = true;
                 continue;
             }
-            let sealed: Vec<u8> = self.transaction.query_row(
-                "SELECT document FROM nodes WHERE id = ?1",
-                [holder_id.0.as_slice()],
-                |row| row.get(0),
-            )?;
+            let Some(sealed) = sealed_document(self.transaction, &holder_id)? else {
+                continue;
+            };
             let mut holder_doc = self.open_doc(&holder_id, &sealed)?;
             holder_doc.move_link(&parent, &name, parent, &new_name);
             write_node(self.transaction, self.keys, &holder_id, &holder_doc)?;
