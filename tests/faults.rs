@@ -7,8 +7,8 @@ mod common;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use common::{Device, Server, read_if_exists, run_ok, syn, wait_until};
 
@@ -18,9 +18,12 @@ const ERROR_500: u8 = 2;
 const TRUNCATE: u8 = 3;
 
 /// A proxy that forwards to the server or injects the fault `mode` names.
+/// The mode applies per connection, so changing it closes the open ones:
+/// the client's pooled keep-alive connections would bypass a new fault.
 struct FaultProxy {
     url: String,
     mode: Arc<AtomicU8>,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl FaultProxy {
@@ -30,21 +33,33 @@ impl FaultProxy {
         let upstream = server.url.trim_start_matches("http://").to_string();
         let mode = Arc::new(AtomicU8::new(PASS));
         let proxy_mode = mode.clone();
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let proxy_connections = connections.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else {
                     continue;
                 };
+                if let Ok(copy) = client.try_clone() {
+                    proxy_connections.lock().unwrap().push(copy);
+                }
                 let upstream = upstream.clone();
                 let mode = proxy_mode.clone();
                 std::thread::spawn(move || handle(client, &upstream, mode.load(Ordering::SeqCst)));
             }
         });
-        FaultProxy { url, mode }
+        FaultProxy {
+            url,
+            mode,
+            connections,
+        }
     }
 
     fn set(&self, mode: u8) {
         self.mode.store(mode, Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            let _ = connection.shutdown(Shutdown::Both);
+        }
     }
 }
 
