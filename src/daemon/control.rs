@@ -37,7 +37,7 @@ impl Request {
     }
 }
 
-/// What a running daemon reports.
+/// Status report of a running daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DaemonStatus {
     pub store: PathBuf,

@@ -25,7 +25,7 @@ impl Readiness {
     }
 }
 
-/// Which side of the fork the caller is on.
+/// The side of the fork that the caller is on.
 pub enum Side {
     /// The original process; holds the child's report (`Ok` once mounted).
     Parent(Result<(), String>),

@@ -90,7 +90,7 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, DaemonError> {
     Ok(resolved)
 }
 
-/// What the control socket and the signal thread act on.
+/// State shared by the control socket and the signal thread.
 struct Daemon {
     store_dir: PathBuf,
     mountpoint: PathBuf,

@@ -85,7 +85,7 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// How a new store starts.
+/// Settings of a new store.
 pub struct NewStore<'a> {
     pub wrapped_key: &'a WrappedKey,
     pub master: &'a MasterKey,
@@ -342,15 +342,7 @@ impl Store {
     }
 
     pub fn ino_of(&self, id: &NodeId) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .connection
-            .query_row(
-                "SELECT ino FROM nodes WHERE id = ?1",
-                [id.0.as_slice()],
-                |row| row.get::<_, i64>(0),
-            )
-            .optional()?
-            .map(|ino| ino as u64))
+        ino_of(&self.connection, id)
     }
 
     /// Finds the live entry `name` in directory `parent`.
@@ -462,6 +454,18 @@ impl Store {
             Ok(stat)
         }
     }
+}
+
+/// Returns the inode number of node `id`, if the store has the node.
+fn ino_of(connection: &Connection, id: &NodeId) -> Result<Option<u64>, StoreError> {
+    Ok(connection
+        .query_row(
+            "SELECT ino FROM nodes WHERE id = ?1",
+            [id.0.as_slice()],
+            |row| row.get::<_, i64>(0),
+        )
+        .optional()?
+        .map(|ino| ino as u64))
 }
 
 /// The node that the entry `tag` names, if any.

@@ -9,7 +9,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use super::merge::merge;
 use super::node::{NodeDoc, NodeKind};
 use super::{
-    DATABASE_FILE, Store, StoreError, node_at, sealed_document, write_node, write_node_tagged,
+    DATABASE_FILE, Store, StoreError, ino_of, node_at, sealed_document, write_node,
+    write_node_tagged,
 };
 use crate::crypto::{BlockId, NodeId};
 
@@ -436,15 +437,7 @@ impl ApplyContext<'_> {
     }
 
     fn ino_of(&self, id: &NodeId) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .transaction
-            .query_row(
-                "SELECT ino FROM nodes WHERE id = ?1",
-                [id.0.as_slice()],
-                |row| row.get::<_, i64>(0),
-            )
-            .optional()?
-            .map(|ino| ino as u64))
+        ino_of(self.transaction, id)
     }
 
     /// The (directory inode, name) of each link of `doc` whose directory

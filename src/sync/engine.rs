@@ -60,7 +60,7 @@ impl SyncError {
     }
 }
 
-/// What one round moved.
+/// Documents pushed and pulled in one round.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RoundReport {
     pub pushed: usize,
