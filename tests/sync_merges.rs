@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use common::{Device, Server, read_if_exists, wait_until};
+use common::{Device, Server, read_if_exists, settle, wait_until};
 
 struct Pair {
     server: Server,
@@ -31,6 +31,7 @@ fn converge(pair: &Pair) {
         pending(&pair.a) == 0 && pending(&pair.b) == 0
     });
     wait_until("both trees to match", || tree(&pair.a) == tree(&pair.b));
+    settle(&[&pair.a, &pair.b]);
 }
 
 fn tree(device: &Device) -> Vec<(String, Vec<u8>)> {
@@ -350,6 +351,7 @@ fn three_devices_converge_on_concurrent_changes() {
             .iter()
             .all(|device| device.path("shared/common.txt").exists())
     });
+    settle(&devices.iter().collect::<Vec<_>>());
 
     server.stop();
     fs::write(devices[0].path("shared/common.txt"), b"edited on A").unwrap();

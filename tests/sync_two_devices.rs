@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use common::{Device, Server, read_if_exists, wait_until};
+use common::{Device, Server, read_if_exists, settle, wait_until};
 
 fn two_devices() -> (Server, Device, Device) {
     let (server, _token, a, b) = common::mounted_pair();
@@ -99,6 +99,7 @@ fn offline_edits_converge_when_the_server_returns() {
     let (mut server, a, b) = two_devices();
     fs::write(a.path("before.txt"), b"synced while online").unwrap();
     wait_until("the first file on B", || b.path("before.txt").exists());
+    settle(&[&a, &b]);
 
     server.stop();
     fs::write(a.path("offline-a.txt"), b"written on A offline").unwrap();
@@ -146,6 +147,7 @@ fn concurrent_edits_keep_both_versions() {
     wait_until("the base on B", || {
         read_if_exists(&b.path("shared.txt")).as_deref() == Some(b"base")
     });
+    settle(&[&a, &b]);
 
     server.stop();
     fs::write(a.path("shared.txt"), b"edited on A").unwrap();

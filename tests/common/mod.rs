@@ -329,6 +329,24 @@ impl Drop for Device {
     }
 }
 
+/// Makes every device push what it has and then pull what the others
+/// pushed, through `syn sync`. A device that saw a file appear may not yet
+/// hold its last revision; tests that go offline next settle first, so that
+/// what each device takes as its base is the server's latest.
+pub fn settle(devices: &[&Device]) {
+    for _pass in 0..2 {
+        for device in devices {
+            let output = device.sync();
+            assert!(
+                output.status.success(),
+                "syn sync failed on {}: {}",
+                device.store.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
 /// Aborts the mount's FUSE connection if the device is not dropped within
 /// [`MOUNT_TIME_LIMIT`]; dropping the returned sender disarms it.
 fn start_watchdog(mountpoint: PathBuf) -> std::sync::mpsc::Sender<()> {
