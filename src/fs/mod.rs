@@ -12,9 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::crypto::NodeId;
-use crate::store::{
-    NodeDoc, NodeKind, NodeRow, ROOT_INO, Store, Timestamp, VAULT_OWNER, conflict_name,
-};
+use crate::store::{NodeDoc, NodeKind, NodeRow, ROOT_INO, Store, Timestamp, VAULT_OWNER};
 
 pub use error::{FsError, FsResult};
 use open_file::OpenFile;
@@ -572,7 +570,8 @@ impl FsCore {
                 swapped.ctime = now;
                 // Move the target aside first, so the tags never collide.
                 let mut aside = target.doc.clone();
-                let aside_name = conflict_name(new_name, "exchange", 0);
+                let aside_name =
+                    store.free_conflict_name(&to_directory.id, new_name, "exchange", 0)?;
                 aside.move_link(&to_directory.id, new_name, to_directory.id, &aside_name);
                 vec![(target.id, aside), (source.id, moved), (target.id, swapped)]
             }
@@ -975,7 +974,7 @@ impl FsCore {
             current.doc.clone()
         };
         let seconds = open.mtime.seconds.max(0) as u64;
-        copy.name = conflict_name(&copy.name, &device, seconds);
+        copy.name = store.free_conflict_name(&copy.parent, &copy.name, &device, seconds)?;
         copy.extra_links.clear();
         copy.content = open.content.clone();
         copy.mtime = open.mtime;

@@ -26,7 +26,7 @@ pub use node::{Content, DEFAULT_BLOCK_SIZE, NodeDoc, NodeKind, Timestamp, VAULT_
 pub use schema::SCHEMA_VERSION;
 pub use sync_state::{
     AppliedChange, PendingDocument, RemoteDocument, StoreSummary, conflict_name, format_utc,
-    format_utc_readable, summarize,
+    format_utc_readable, numbered_conflict_name, summarize,
 };
 
 const DATABASE_FILE: &str = "store.db";
@@ -346,6 +346,25 @@ impl Store {
     }
 
     /// Finds the live entry `name` in directory `parent`.
+    /// The conflict name for `name` in directory `parent`, numbered past
+    /// any that an entry there already holds.
+    pub fn free_conflict_name(
+        &self,
+        parent: &NodeId,
+        name: &[u8],
+        device: &str,
+        unix_seconds: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        free_conflict_name(
+            &self.connection,
+            &self.keys,
+            parent,
+            name,
+            device,
+            unix_seconds,
+        )
+    }
+
     pub fn lookup(&self, parent: &NodeId, name: &[u8]) -> Result<Option<NodeRow>, StoreError> {
         let tag = self.keys.name_tag(parent, name);
         let Some(node) = node_at(&self.connection, &tag)? else {
@@ -481,6 +500,27 @@ fn node_at(
         )
         .optional()?;
     Ok(node.as_deref().and_then(NodeId::from_slice))
+}
+
+/// The first conflict name of `name` in directory `parent` that no entry
+/// holds. Two conflicts of one name on one device within a second would
+/// otherwise get the same name, and the second would fail to be indexed.
+fn free_conflict_name(
+    connection: &Connection,
+    keys: &VaultKeys,
+    parent: &NodeId,
+    name: &[u8],
+    device: &str,
+    unix_seconds: u64,
+) -> Result<Vec<u8>, StoreError> {
+    let mut number = 1;
+    loop {
+        let candidate = numbered_conflict_name(name, device, unix_seconds, number);
+        if node_at(connection, &keys.name_tag(parent, &candidate))?.is_none() {
+            return Ok(candidate);
+        }
+        number += 1;
+    }
 }
 
 /// The sealed document of node `id`, if the store has the node.

@@ -9,8 +9,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use super::merge::merge;
 use super::node::{NodeDoc, NodeKind};
 use super::{
-    DATABASE_FILE, Store, StoreError, ino_of, node_at, sealed_document, write_node,
-    write_node_tagged,
+    DATABASE_FILE, Store, StoreError, free_conflict_name, ino_of, node_at, sealed_document,
+    write_node, write_node_tagged,
 };
 use crate::crypto::{BlockId, NodeId};
 
@@ -120,6 +120,17 @@ pub fn summarize(dir: &Path) -> Result<StoreSummary, StoreError> {
 /// The name of a conflict copy: `stem (conflict DEVICE DATE).ext`, cut to
 /// fit 255 bytes.
 pub fn conflict_name(name: &[u8], device: &str, unix_seconds: u64) -> Vec<u8> {
+    numbered_conflict_name(name, device, unix_seconds, 1)
+}
+
+/// The conflict name with a `number` after the date when it is above 1, for
+/// a second conflict of the same name on the same device in the same second.
+pub fn numbered_conflict_name(
+    name: &[u8],
+    device: &str,
+    unix_seconds: u64,
+    number: u32,
+) -> Vec<u8> {
     let dot = name
         .iter()
         .rposition(|&byte| byte == b'.')
@@ -128,7 +139,12 @@ pub fn conflict_name(name: &[u8], device: &str, unix_seconds: u64) -> Vec<u8> {
         Some(at) => name.split_at(at),
         None => (name, &b""[..]),
     };
-    let suffix = format!(" (conflict {device} {})", format_utc(unix_seconds));
+    let date = format_utc(unix_seconds);
+    let suffix = if number > 1 {
+        format!(" (conflict {device} {date} {number})")
+    } else {
+        format!(" (conflict {device} {date})")
+    };
     let room = MAX_NAME_BYTES.saturating_sub(suffix.len() + extension.len());
     let mut result = stem[..stem.len().min(room)].to_vec();
     result.extend_from_slice(suffix.as_bytes());
@@ -514,7 +530,14 @@ impl ApplyContext<'_> {
 
         let mut staged = Vec::new();
         if let Some(mut copy) = conflict_copy {
-            copy.name = conflict_name(&copy.name, self.device, unix_now());
+            copy.name = free_conflict_name(
+                self.transaction,
+                self.keys,
+                &copy.parent,
+                &copy.name,
+                self.device,
+                unix_now(),
+            )?;
             copy.extra_links.clear();
             let copy_id = NodeId::random();
             let ino = write_node_tagged(self.transaction, self.keys, &copy_id, &copy, false)?;
@@ -667,7 +690,14 @@ impl ApplyContext<'_> {
             if holder_id == *id {
                 continue;
             }
-            let new_name = conflict_name(&name, self.device, unix_now());
+            let new_name = free_conflict_name(
+                self.transaction,
+                self.keys,
+                &parent,
+                &name,
+                self.device,
+                unix_now(),
+            )?;
             if *id > holder_id {
                 doc.move_link(&parent, &name, parent, &new_name);
                 renamed = true;
