@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -28,9 +28,11 @@ use syn::crypto::{KdfParams, MasterKey, NodeId, Passphrase, VaultId, WrappedKey}
 use syn::fs::{Caller, FsCore, FsError, SetAttr, SharedStore};
 use syn::protocol::CreateVault;
 use syn::server::{self, ServerConfig};
-use syn::store::{NewStore, NodeDoc, NodeKind, ROOT_INO, Store, VAULT_OWNER, conflict_name};
-use syn::sync::Engine;
+use syn::store::{
+    AppliedChange, NewStore, NodeDoc, NodeKind, ROOT_INO, Store, VAULT_OWNER, conflict_name,
+};
 use syn::sync::client::Client;
+use syn::sync::{Engine, Invalidate};
 
 const PASSPHRASE: &str = "property test passphrase";
 
@@ -81,6 +83,18 @@ enum Operation {
         path: String,
         append: bool,
         large: bool,
+    },
+    /// Writes through a handle that stays open while the device syncs, and
+    /// closes it after: a remote change that arrived meanwhile must not be
+    /// overwritten.
+    WriteAcrossSync {
+        device: usize,
+        path: String,
+    },
+    Chmod {
+        device: usize,
+        path: String,
+        mode: u32,
     },
     Remove {
         device: usize,
@@ -141,6 +155,10 @@ fn operation() -> impl Strategy<Value = Operation> {
         5 => (device.clone(), file_path(), any::<bool>(), prop::bool::weighted(0.1)).prop_map(
             |(device, path, append, large)| Operation::Write { device, path, append, large }
         ),
+        1 => (device.clone(), file_path())
+            .prop_map(|(device, path)| Operation::WriteAcrossSync { device, path }),
+        1 => (device.clone(), any_path(), prop::sample::select(vec![0o600, 0o644, 0o700, 0o755]))
+            .prop_map(|(device, path, mode)| Operation::Chmod { device, path, mode }),
         1 => (device.clone(), any_path()).prop_map(|(device, path)| Operation::Remove { device, path }),
         2 => (device.clone(), directory_path(1)).prop_map(|(device, path)| Operation::Mkdir { device, path }),
         2 => (device.clone(), any_path(), any_path())
@@ -263,15 +281,28 @@ struct Device {
     proxy: Arc<Proxy>,
     proxy_url: String,
     token: String,
-    core: FsCore,
+    core: Arc<FsCore>,
     engine: Engine,
 }
 
-fn open_device(store: Store, proxy_url: &str, token: &str) -> (FsCore, Engine) {
+/// Builds a device's file system and engine over `store`, wired as the
+/// daemon wires them: remote changes refresh the working copies of open
+/// files.
+fn open_device(store: Store, proxy_url: &str, token: &str) -> (Arc<FsCore>, Engine) {
     let shared: SharedStore = Arc::new(Mutex::new(store));
+    let core = Arc::new(FsCore::new(shared.clone(), ROOT_USER, Box::new(|| {})));
+    let refreshed: Weak<FsCore> = Arc::downgrade(&core);
+    let invalidate: Invalidate = Arc::new(move |changes: &[AppliedChange]| {
+        let Some(core) = refreshed.upgrade() else {
+            return;
+        };
+        for change in changes {
+            core.refresh_after_remote_change(change.ino)
+                .expect("an open file refreshes after a remote change");
+        }
+    });
     let client = Client::new(proxy_url, token).expect("the proxy URL is valid");
-    let engine = Engine::new(shared.clone(), client, None);
-    let core = FsCore::new(shared, ROOT_USER, Box::new(|| {}));
+    let engine = Engine::new(shared, client, Some(invalidate));
     (core, engine)
 }
 
@@ -447,6 +478,19 @@ impl World {
                 append,
                 large,
             } => self.write(*device, path, *append, *large),
+            Operation::WriteAcrossSync { device, path } => self.write_across_sync(*device, path),
+            Operation::Chmod { device, path, mode } => {
+                let core = &self.devices[*device].core;
+                if let Some((parent, name)) = resolve_parent(core, path)
+                    && let Ok(attr) = core.lookup(parent, name.as_bytes())
+                {
+                    let changes = SetAttr {
+                        mode: Some(*mode),
+                        ..SetAttr::default()
+                    };
+                    core.setattr(attr.ino, changes).expect("chmod succeeds");
+                }
+            }
             Operation::Remove { device, path } => self.remove(*device, path),
             Operation::Mkdir { device, path } => {
                 let core = &self.devices[*device].core;
@@ -505,6 +549,47 @@ impl World {
         core.release(handle).expect("release succeeds");
         content.extend_from_slice(&addition);
 
+        if let Some(old) = old {
+            self.required.remove(&old);
+        }
+        self.required.insert(content);
+    }
+
+    /// Opens (or creates) the file, replaces its content through the open
+    /// handle, syncs the device, and only then flushes and closes.
+    fn write_across_sync(&mut self, device: usize, path: &str) {
+        let content = self.new_content(device, false);
+        let core = self.devices[device].core.clone();
+        let Some((parent, name)) = resolve_parent(&core, path) else {
+            return;
+        };
+        let (ino, handle, old) = match core.lookup(parent, name.as_bytes()) {
+            Ok(attr) if attr.kind == NodeKind::File => {
+                let old = read_file(&core, attr.ino);
+                let handle = core.open(attr.ino).expect("an existing file opens");
+                let truncate = SetAttr {
+                    size: Some(0),
+                    ..SetAttr::default()
+                };
+                core.setattr(attr.ino, truncate).expect("truncate succeeds");
+                (attr.ino, handle, Some(old))
+            }
+            Ok(_) => return,
+            Err(FsError::NotFound) => {
+                let Ok((attr, handle)) = core.create(parent, name.as_bytes(), 0o644, ROOT_USER)
+                else {
+                    return;
+                };
+                (attr.ino, handle, None)
+            }
+            Err(error) => panic!("lookup of {path} failed: {error:?}"),
+        };
+        core.write(ino, 0, &content).expect("write succeeds");
+
+        let _ = self.devices[device].sync(None);
+
+        core.flush(ino, false).expect("flush succeeds");
+        core.release(handle).expect("release succeeds");
         if let Some(old) = old {
             self.required.remove(&old);
         }
@@ -580,7 +665,7 @@ impl World {
 // ---------------------------------------------------------------------------
 // Reading a device's tree
 
-/// Looks up the directory that holds `path` and returns it with the last
+/// Looks up the directory that contains `path` and returns it with the last
 /// name, or `None` when a directory on the way is missing.
 fn resolve_parent<'a>(core: &FsCore, path: &'a str) -> Option<(u64, &'a str)> {
     let mut parts: Vec<&str> = path.split('/').collect();
@@ -609,9 +694,9 @@ fn read_file(core: &FsCore, ino: u64) -> Vec<u8> {
     }
 }
 
-/// A tree entry: its path, and the content of a file or `None` for a
-/// directory.
-type TreeEntry = (Vec<u8>, Option<Vec<u8>>);
+/// A tree entry: its path, its permission bits, and the content of a file
+/// or `None` for a directory.
+type TreeEntry = (Vec<u8>, u32, Option<Vec<u8>>);
 
 fn tree(core: &FsCore) -> Vec<TreeEntry> {
     let mut entries = Vec::new();
@@ -629,12 +714,17 @@ fn tree(core: &FsCore) -> Vec<TreeEntry> {
                 path.push(b'/');
             }
             path.extend_from_slice(&entry.name);
+            let mode = core
+                .getattr(entry.ino)
+                .expect("an entry has attributes")
+                .mode
+                & 0o7777;
             match entry.kind {
                 NodeKind::Directory => {
                     directories.push((entry.ino, path.clone()));
-                    entries.push((path, None));
+                    entries.push((path, mode, None));
                 }
-                _ => entries.push((path, Some(read_file(core, entry.ino)))),
+                _ => entries.push((path, mode, Some(read_file(core, entry.ino)))),
             }
         }
     }
@@ -644,10 +734,10 @@ fn tree(core: &FsCore) -> Vec<TreeEntry> {
 
 fn describe(tree: &[TreeEntry]) -> Vec<String> {
     tree.iter()
-        .map(|(path, content)| match content {
-            None => format!("{}/", String::from_utf8_lossy(path)),
+        .map(|(path, mode, content)| match content {
+            None => format!("{}/ {mode:o}", String::from_utf8_lossy(path)),
             Some(content) => format!(
-                "{} = {:?}",
+                "{} {mode:o} = {:?}",
                 String::from_utf8_lossy(path),
                 String::from_utf8_lossy(&content[..content.len().min(40)])
             ),
@@ -689,7 +779,7 @@ fn check_convergence(device_count: usize, operations: &[Operation]) {
 
     let present: BTreeSet<&Vec<u8>> = first
         .iter()
-        .filter_map(|(_, content)| content.as_ref())
+        .filter_map(|(_, _, content)| content.as_ref())
         .collect();
     for content in &world.required {
         assert!(
@@ -705,6 +795,8 @@ fn check_convergence(device_count: usize, operations: &[Operation]) {
 fn retarget(operation: &mut Operation, device_count: usize) {
     let device = match operation {
         Operation::Write { device, .. }
+        | Operation::WriteAcrossSync { device, .. }
+        | Operation::Chmod { device, .. }
         | Operation::Remove { device, .. }
         | Operation::Mkdir { device, .. }
         | Operation::Rename { device, .. }
