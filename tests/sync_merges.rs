@@ -193,66 +193,6 @@ fn crossed_directory_moves_make_no_cycle() {
 }
 
 #[test]
-fn open_file_written_during_remote_change_becomes_conflict_copy() {
-    use std::io::Write;
-    let pair = pair();
-    fs::write(pair.a.path("shared.txt"), b"base").unwrap();
-    wait_until("the file on B", || {
-        read_if_exists(&pair.b.path("shared.txt")).as_deref() == Some(b"base")
-    });
-
-    let pulled = |device: &Device| {
-        device.status_from_socket()["sync"]["pulled_total"]
-            .as_u64()
-            .unwrap_or(0)
-    };
-    let pulled_before = pulled(&pair.a);
-    let mut held = fs::OpenOptions::new()
-        .write(true)
-        .open(pair.a.path("shared.txt"))
-        .unwrap();
-    held.write_all(b"A's unsaved work").unwrap();
-    // B's write runs in this process too, so no child inherits `held`.
-    fs::write(pair.b.path("shared.txt"), b"B's version").unwrap();
-    wait_until("B to push its version", || {
-        pair.b.status_from_socket()["pending_changes"].as_u64() == Some(0)
-    });
-    wait_until("B's change to reach A", || {
-        let status = pair.a.status_from_socket();
-        pulled(&pair.a) > pulled_before || status["conflicts"].as_u64().unwrap_or(0) > 0
-    });
-    drop(held);
-
-    converge(&pair);
-    // NOTE: a close of any copy of the descriptor (a process that another
-    // test thread starts inherits it until exec) commits A's file early, and
-    // then B's version is the one that becomes the conflict copy. Either way
-    // both versions must survive, one of them under the original name.
-    for device in [&pair.a, &pair.b] {
-        let files = tree(device);
-        let contents: Vec<&[u8]> = files
-            .iter()
-            .map(|(_, content)| content.as_slice())
-            .collect();
-        assert!(
-            contents.contains(&&b"B's version"[..]),
-            "B's version survives: {files:?}"
-        );
-        assert!(
-            contents
-                .iter()
-                .any(|content| content.starts_with(b"A's unsaved work")),
-            "A's work survives: {files:?}"
-        );
-        let named = read_if_exists(&device.path("shared.txt")).unwrap_or_default();
-        assert!(
-            named == b"B's version" || named.starts_with(b"A's unsaved work"),
-            "one of the versions keeps the name: {files:?}"
-        );
-    }
-}
-
-#[test]
 fn file_in_a_subfolder_of_a_deleted_tree_survives() {
     let mut pair = pair();
     fs::create_dir_all(pair.a.path("tree/sub")).unwrap();

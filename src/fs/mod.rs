@@ -984,6 +984,7 @@ impl FsCore {
             "an open file changed on another device; the local version was kept as a conflict copy"
         );
         store.commit(&[(copy_id, &copy)])?;
+        store.count_conflict()?;
         // NOTE: later writes through the same handle go to the conflict copy's
         // node id, while the kernel still shows the original inode for it.
         open.id = copy_id;

@@ -280,6 +280,13 @@ impl Store {
         self.set_meta("last_error", message.as_bytes())
     }
 
+    /// Adds a conflict copy made outside sync (a file closed after a
+    /// remote change) to the count that `syn status` reports.
+    pub fn count_conflict(&self) -> Result<(), StoreError> {
+        let total = meta_u64(&self.connection, "conflicts")?.unwrap_or(0) + 1;
+        set_meta_u64(&self.connection, "conflicts", total)
+    }
+
     fn open_remote(&self, document: &RemoteDocument) -> Result<NodeDoc, StoreError> {
         let plaintext = self.keys.open_document(&document.id, &document.sealed)?;
         NodeDoc::from_bytes(&plaintext).ok_or_else(|| StoreError::Corrupt {

@@ -1,0 +1,90 @@
+//! A file held open and written on device A while B's change to it
+//! arrives: when A closes it, A's content becomes the conflict copy and B's
+//! keeps the name.
+//!
+//! This is the only test in its binary on purpose. The kernel sends FUSE a
+//! flush whenever any copy of a descriptor closes, and a process that another
+//! test thread forks keeps a copy of every open descriptor until its exec
+//! closes them. Such a flush would commit A's file before B's change lands,
+//! and then B's version would become the conflict copy instead.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+
+use common::{Device, read_if_exists, settle, wait_until};
+
+fn pulled_total(device: &Device) -> u64 {
+    device.status_from_socket()["sync"]["pulled_total"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn names_in(device: &Device) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(&device.mountpoint)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn open_file_becomes_conflict_copy() {
+    let (_server, _token, a, b) = common::mounted_pair();
+    fs::write(a.path("shared.txt"), b"base").unwrap();
+    wait_until("the file on B", || {
+        read_if_exists(&b.path("shared.txt")).as_deref() == Some(b"base")
+    });
+    settle(&[&a, &b]);
+
+    // From here until `open_file` closes, nothing in this process may fork: the
+    // status comes from the control socket, not from a `syn` child.
+    let pulled_before = pulled_total(&a);
+    let mut open_file = fs::OpenOptions::new()
+        .write(true)
+        .open(a.path("shared.txt"))
+        .unwrap();
+    open_file.write_all(b"A's unsaved work").unwrap();
+    fs::write(b.path("shared.txt"), b"B's version").unwrap();
+    wait_until("B to push its version", || {
+        b.status_from_socket()["pending_changes"].as_u64() == Some(0)
+    });
+    wait_until("B's change to reach A", || pulled_total(&a) > pulled_before);
+    assert_eq!(
+        a.status_from_socket()["conflicts"].as_u64(),
+        Some(0),
+        "no conflict while A's file is still open"
+    );
+    drop(open_file);
+
+    settle(&[&a, &b]);
+    for device in [&a, &b] {
+        let names = names_in(device);
+        assert_eq!(names.len(), 2, "the file and one conflict copy: {names:?}");
+        assert_eq!(
+            fs::read(device.path("shared.txt")).unwrap(),
+            b"B's version",
+            "B's version keeps the name"
+        );
+        let copy = names
+            .iter()
+            .find(|name| name.starts_with("shared (conflict "))
+            .unwrap_or_else(|| panic!("a conflict copy exists: {names:?}"));
+        assert!(
+            copy.ends_with(".txt"),
+            "the copy keeps the extension: {copy}"
+        );
+        assert_eq!(
+            fs::read(device.path(copy)).unwrap(),
+            b"A's unsaved work",
+            "A's work is in the conflict copy"
+        );
+    }
+    assert_eq!(
+        a.status_from_socket()["conflicts"].as_u64(),
+        Some(1),
+        "A counts the conflict it created"
+    );
+}
