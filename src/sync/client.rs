@@ -50,6 +50,9 @@ pub enum ClientError {
     #[error("the connection to {url} failed during the request: {source}")]
     Transport { url: String, source: reqwest::Error },
 
+    #[error("the request to {url} timed out: the server sent no complete reply within {seconds} s")]
+    TimedOut { url: String, seconds: u64 },
+
     #[error(
         "the server rejected this device's token ({message}); enroll the device again with \
          the account token"
@@ -78,7 +81,9 @@ impl ClientError {
     /// errors, timeouts, 5xx replies, 408 and 429.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Unreachable { .. } | ClientError::Transport { .. } => true,
+            ClientError::Unreachable { .. }
+            | ClientError::Transport { .. }
+            | ClientError::TimedOut { .. } => true,
             ClientError::Server { status, .. } => {
                 *status >= 500
                     || *status == StatusCode::REQUEST_TIMEOUT.as_u16()
@@ -357,7 +362,13 @@ impl Client {
         })?;
         let shown_url = url.to_string();
         let transport_error = |source: reqwest::Error| {
-            if source.is_connect() || source.is_timeout() {
+            // reqwest's message for a timeout does not say that it timed out.
+            if source.is_timeout() && !source.is_connect() {
+                ClientError::TimedOut {
+                    url: shown_url.clone(),
+                    seconds: timeout.as_secs(),
+                }
+            } else if source.is_connect() || source.is_timeout() {
                 ClientError::Unreachable {
                     url: shown_url.clone(),
                     source,
