@@ -21,6 +21,13 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 fn describe_time(unix_seconds: u64) -> String {
     let age = unix_now().saturating_sub(unix_seconds);
     format!(
@@ -75,6 +82,19 @@ fn print_daemon_status(status: &DaemonStatus, as_json: bool) {
                     "Last error:  {} at {} ({retry})",
                     error.message,
                     describe_time(error.time)
+                );
+            }
+            if sync.failures > 0 {
+                let next = match sync.next_retry_at_ms {
+                    Some(due) => {
+                        let wait_ms = due.saturating_sub(unix_now_ms());
+                        format!("next attempt in {:.1} s", wait_ms as f64 / 1000.0)
+                    }
+                    None => "next attempt after a local change or `syn sync`".to_string(),
+                };
+                println!(
+                    "Failures:    {} failed attempts in a row; {next}",
+                    sync.failures
                 );
             }
             println!(

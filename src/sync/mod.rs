@@ -22,9 +22,26 @@ pub use engine::{Engine, Invalidate, RoundReport, SyncError};
 /// Seconds one long-poll request waits for remote changes.
 const LONG_POLL_SECONDS: u64 = 25;
 
-/// First and last delay between failed rounds.
+/// First and last delay between failed rounds, before jitter.
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// Returns the backoff after `failures` failed attempts in a row, before
+/// jitter: [`BACKOFF_START`], doubled for each failure after the first, and
+/// at most [`BACKOFF_CAP`].
+fn backoff_base(failures: u32) -> Duration {
+    // 2^16 half-seconds is far above the cap, so larger exponents change
+    // nothing and the shift cannot overflow.
+    let exponent = failures.saturating_sub(1).min(16);
+    BACKOFF_START.saturating_mul(1 << exponent).min(BACKOFF_CAP)
+}
+
+/// Returns the wait before the next attempt after `failures` failed ones in
+/// a row: the base backoff times a random factor in [0.5, 1.0), so devices
+/// that lost the server together do not all retry at the same moment.
+fn backoff_delay(failures: u32, rng: &mut impl Rng) -> Duration {
+    backoff_base(failures).mul_f64(rng.gen_range(0.5..1.0))
+}
 
 /// The sync state that `syn status` reports.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -41,6 +58,18 @@ pub struct SyncStatus {
     /// Blocks uploaded since the daemon started; blocks the server already
     /// has (dedup by block id) are not sent again.
     pub blocks_uploaded: u64,
+    /// Rounds and long-polls that failed in a row, reset to 0 by a success.
+    #[serde(default)]
+    pub failures: u32,
+    /// Backoff in milliseconds, jitter included, that the loop waits after
+    /// the last failure. `None` while it is not backing off.
+    #[serde(default)]
+    pub retry_delay_ms: Option<u64>,
+    /// Unix time in milliseconds when the next attempt is due. `None` while
+    /// the loop is not backing off. A local change or `syn sync` starts the
+    /// attempt sooner.
+    #[serde(default)]
+    pub next_retry_at_ms: Option<u64>,
 }
 
 /// The last failure of the sync loop, kept until a round succeeds.
@@ -57,6 +86,13 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -100,6 +136,7 @@ impl SyncHandle {
             wake: wake.clone(),
             commands: receiver,
             status: status.clone(),
+            retry_at: tokio::time::Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name("syn-sync".into())
@@ -175,6 +212,8 @@ struct SyncLoop {
     wake: Arc<Notify>,
     commands: mpsc::UnboundedReceiver<Command>,
     status: Arc<Mutex<SyncStatus>>,
+    /// When the backoff after the last failure ends.
+    retry_at: tokio::time::Instant,
 }
 
 enum Event {
@@ -198,7 +237,7 @@ impl SyncLoop {
             let event = if self.stalled() {
                 self.wait_for_request().await
             } else if failures > 0 {
-                self.wait_backoff(failures).await
+                self.wait_backoff().await
             } else {
                 tokio::select! {
                     _ = self.wake.notified() => Event::Wake,
@@ -256,20 +295,19 @@ impl SyncLoop {
         }
     }
 
-    /// Sleeps for the current backoff, or less if a wake-up or command comes.
-    async fn wait_backoff(&mut self, failures: u32) -> Event {
-        let exponent = failures.saturating_sub(1).min(16);
-        let base = BACKOFF_START.saturating_mul(1 << exponent).min(BACKOFF_CAP);
-        let jittered = base.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+    /// Sleeps until the backoff that [`SyncLoop::record`] set ends, or less
+    /// if a wake-up or command comes.
+    async fn wait_backoff(&mut self) -> Event {
         tokio::select! {
-            _ = tokio::time::sleep(jittered) => Event::BackoffOver,
+            _ = tokio::time::sleep_until(self.retry_at) => Event::BackoffOver,
             _ = self.wake.notified() => Event::Wake,
             command = self.commands.recv() => Event::Command(command),
         }
     }
 
-    /// Updates the status after a round or poll; returns the new failure count.
-    async fn record(&self, outcome: Result<RoundReport, &SyncError>, failures: u32) -> u32 {
+    /// Updates the status after a round or poll and, after a retryable
+    /// failure, starts the next backoff; returns the new failure count.
+    async fn record(&mut self, outcome: Result<RoundReport, &SyncError>, failures: u32) -> u32 {
         if let Err(error) = outcome {
             if let Err(store_error) = self.engine.record_error(error.to_string()).await {
                 log::warn!("recording the sync error in the store failed: {store_error}");
@@ -292,11 +330,15 @@ impl SyncLoop {
                 status.pulled_total += report.pulled as u64;
                 status.last_sync = Some(unix_now());
                 status.last_error = None;
+                status.failures = 0;
+                status.retry_delay_ms = None;
+                status.next_retry_at_ms = None;
                 0
             }
             Err(error) => {
+                let failures = failures.saturating_add(1);
                 let retrying = error.is_retryable();
-                if failures == 0 || !retrying {
+                if failures == 1 || !retrying {
                     log::warn!("sync failed: {error}");
                 }
                 status.last_error = Some(SyncErrorReport {
@@ -304,7 +346,104 @@ impl SyncLoop {
                     message: error.to_string(),
                     retrying,
                 });
-                failures.saturating_add(1)
+                status.failures = failures;
+                if retrying {
+                    let delay = backoff_delay(failures, &mut rand::thread_rng());
+                    let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                    log::debug!(
+                        "sync attempt {failures} in a row failed; retrying in {delay_ms} ms"
+                    );
+                    self.retry_at = tokio::time::Instant::now() + delay;
+                    status.retry_delay_ms = Some(delay_ms);
+                    status.next_retry_at_ms = Some(unix_now_ms().saturating_add(delay_ms));
+                } else {
+                    status.retry_delay_ms = None;
+                    status.next_retry_at_ms = None;
+                }
+                failures
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[test]
+    fn backoff_base_doubles_per_failure() {
+        assert_eq!(
+            backoff_base(1),
+            BACKOFF_START,
+            "the first failure waits the start delay"
+        );
+        for failures in 1..6 {
+            assert_eq!(
+                backoff_base(failures + 1),
+                backoff_base(failures) * 2,
+                "failure {} doubles the base of failure {failures}",
+                failures + 1
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_base_treats_zero_failures_as_one() {
+        assert_eq!(backoff_base(0), BACKOFF_START);
+    }
+
+    #[test]
+    fn backoff_delay_stays_in_jitter_bounds() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for failures in 1..=12 {
+            let base = backoff_base(failures);
+            for _ in 0..200 {
+                let delay = backoff_delay(failures, &mut rng);
+                assert!(
+                    delay >= base / 2,
+                    "failure {failures}: {delay:?} is below half the base {base:?}"
+                );
+                assert!(
+                    delay < base,
+                    "failure {failures}: {delay:?} is not below the base {base:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_delay_varies() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let delays: std::collections::HashSet<Duration> =
+            (0..50).map(|_| backoff_delay(3, &mut rng)).collect();
+        assert!(
+            delays.len() > 40,
+            "50 draws gave only {} distinct delays",
+            delays.len()
+        );
+    }
+
+    #[test]
+    fn backoff_never_exceeds_cap() {
+        let mut rng = StdRng::seed_from_u64(13);
+        for failures in [7, 8, 17, 18, 64, 1_000, u32::MAX] {
+            assert_eq!(
+                backoff_base(failures),
+                BACKOFF_CAP,
+                "failure {failures} waits the cap"
+            );
+            for _ in 0..100 {
+                let delay = backoff_delay(failures, &mut rng);
+                assert!(
+                    delay <= BACKOFF_CAP,
+                    "failure {failures}: {delay:?} exceeds the cap"
+                );
+                assert!(
+                    delay >= BACKOFF_CAP / 2,
+                    "failure {failures}: {delay:?} is below half the cap"
+                );
             }
         }
     }
