@@ -67,17 +67,29 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, DaemonError> {
         path: path.to_path_buf(),
         reason: reason.to_string(),
     };
+    let stale = || {
+        invalid(&format!(
+            "is a stale mount left by a daemon that stopped; run `fusermount3 -u {}` first",
+            path.display()
+        ))
+    };
     let resolved = path.canonicalize().map_err(|error| {
         if error.raw_os_error() == Some(libc::ENOTCONN) {
-            invalid(&format!(
-                "is a stale mount left by a daemon that stopped; run `fusermount3 -u {}` first",
-                path.display()
-            ))
+            stale()
         } else {
             invalid("does not exist; create it with mkdir first")
         }
     })?;
-    if !resolved.is_dir() {
+    // Resolving a stale mount point can succeed, since it needs no reply
+    // from the dead daemon, but reading its attributes fails with ENOTCONN.
+    let metadata = std::fs::metadata(&resolved).map_err(|error| {
+        if error.raw_os_error() == Some(libc::ENOTCONN) {
+            stale()
+        } else {
+            invalid(&format!("cannot be read: {error}"))
+        }
+    })?;
+    if !metadata.is_dir() {
         return Err(invalid("is not a directory"));
     }
     let mounted =
