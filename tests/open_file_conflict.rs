@@ -1,8 +1,8 @@
 //! A file held open and written on device A while B's change to it
 //! arrives: when A closes it, A's content becomes the conflict copy and B's
-//! keeps the name.
+//! keeps the name. The same holds for writes to a shared mapping.
 //!
-//! This is the only test in its binary on purpose. The kernel sends FUSE a
+//! These tests have a binary of their own and run one at a time. The kernel sends FUSE a
 //! flush whenever any copy of a descriptor closes, and a process that another
 //! test thread forks keeps a copy of every open descriptor until its exec
 //! closes them. Such a flush would commit A's file before B's change lands,
@@ -12,8 +12,17 @@ mod common;
 
 use std::fs;
 use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::sync::{Mutex, MutexGuard};
 
 use common::{Device, read_if_exists, settle, wait_until};
+
+/// Taken by each test for its whole run, so that no test forks while
+/// another has its file open.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn pulled_total(device: &Device) -> u64 {
     device.status_from_socket()["sync"]["pulled_total"]
@@ -32,6 +41,7 @@ fn names_in(device: &Device) -> Vec<String> {
 
 #[test]
 fn open_file_becomes_conflict_copy() {
+    let _serial = one_at_a_time();
     let (_server, _token, a, b) = common::mounted_pair();
     fs::write(a.path("shared.txt"), b"base").unwrap();
     wait_until("the file on B", || {
@@ -87,4 +97,79 @@ fn open_file_becomes_conflict_copy() {
         Some(1),
         "A counts the conflict it created"
     );
+}
+
+// NOTE: with the kernel invalidated after the working copy is refreshed
+// (the wrong order), this test failed in about half of the runs with the
+// daemon's debug logging on and passed without it. It catches that order
+// only under some timings.
+#[test]
+fn mapped_writes_become_conflict_copy() {
+    let _serial = one_at_a_time();
+    let (_server, _token, a, b) = common::mounted_pair();
+    let page = 4096;
+    let mut base = b"base".to_vec();
+    base.resize(page, b'.');
+    fs::write(a.path("mapped.bin"), &base).unwrap();
+    wait_until("the file on B", || {
+        read_if_exists(&b.path("mapped.bin")).as_deref() == Some(&base[..])
+    });
+    settle(&[&a, &b]);
+
+    let pulled_before = pulled_total(&a);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(a.path("mapped.bin"))
+        .unwrap();
+    // SAFETY: a shared mapping of one page of a file this test owns; it is
+    // written only through `mapped` and unmapped below.
+    let mapped = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(mapped, libc::MAP_FAILED, "mmap failed");
+    let work = b"A's mapped work";
+    // SAFETY: `mapped` is a writable mapping of `page` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(work.as_ptr(), mapped.cast::<u8>(), work.len()) };
+
+    fs::write(b.path("mapped.bin"), b"B's version").unwrap();
+    wait_until("B to push its version", || {
+        b.status_from_socket()["pending_changes"].as_u64() == Some(0)
+    });
+    wait_until("B's change to reach A", || pulled_total(&a) > pulled_before);
+
+    // SAFETY: `mapped` came from the mmap above and is unmapped once.
+    unsafe {
+        assert_eq!(libc::msync(mapped, page, libc::MS_SYNC), 0, "msync failed");
+        assert_eq!(libc::munmap(mapped, page), 0, "munmap failed");
+    }
+    drop(file);
+
+    settle(&[&a, &b]);
+    let mut expected_copy = base.clone();
+    expected_copy[..work.len()].copy_from_slice(work);
+    for device in [&a, &b] {
+        let names = names_in(device);
+        assert_eq!(
+            fs::read(device.path("mapped.bin")).unwrap(),
+            b"B's version",
+            "B's version keeps the name: {names:?}"
+        );
+        let copy = names
+            .iter()
+            .find(|name| name.starts_with("mapped (conflict "))
+            .unwrap_or_else(|| panic!("a conflict copy exists: {names:?}"));
+        assert_eq!(
+            fs::read(device.path(copy)).unwrap(),
+            expected_copy,
+            "A's mapped work is in the conflict copy"
+        );
+    }
 }

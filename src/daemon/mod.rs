@@ -265,24 +265,43 @@ fn wait_for_termination(set: libc::sigset_t, daemon: Arc<Daemon>) {
 
 fn invalidator(notifier: Arc<OnceLock<Notifier>>, core: Arc<OnceLock<Arc<FsCore>>>) -> Invalidate {
     Arc::new(move |changes: &[AppliedChange]| {
-        if let Some(core) = core.get() {
-            for change in changes {
-                if let Err(error) = core.refresh_after_remote_change(change.ino) {
-                    log::warn!("refreshing an open file after a remote change failed: {error}");
-                }
-            }
+        let notifier = notifier.get();
+        // The kernel first writes back dirty pages of a shared mapping, and
+        // only then may an open file's working copy move to the remote
+        // version. In the other order those pages would land on the remote
+        // version as if written after it, and no conflict copy would keep it.
+        if let Some(notifier) = notifier {
+            invalidate_kernel_caches(notifier, changes);
         }
-        let Some(notifier) = notifier.get() else {
+        let Some(core) = core.get() else {
             return;
         };
         for change in changes {
-            // The kernel answers ENOENT for what it has not cached; that is fine.
-            let _ = notifier.inval_inode(INodeNo(change.ino), 0, 0);
-            for (parent, name) in &change.entries {
-                let _ = notifier.inval_entry(INodeNo(*parent), std::ffi::OsStr::from_bytes(name));
+            match core.refresh_after_remote_change(change.ino) {
+                // The kernel may have read the old working copy in between.
+                Ok(true) => {
+                    if let Some(notifier) = notifier {
+                        let _ = notifier.inval_inode(INodeNo(change.ino), 0, 0);
+                    }
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    log::warn!("refreshing an open file after a remote change failed: {error}")
+                }
             }
         }
     })
+}
+
+/// Drops what the kernel caches of the changed nodes and their old and new
+/// names. The kernel returns ENOENT for what it has not cached; that is fine.
+fn invalidate_kernel_caches(notifier: &Notifier, changes: &[AppliedChange]) {
+    for change in changes {
+        let _ = notifier.inval_inode(INodeNo(change.ino), 0, 0);
+        for (parent, name) in &change.entries {
+            let _ = notifier.inval_entry(INodeNo(*parent), std::ffi::OsStr::from_bytes(name));
+        }
+    }
 }
 
 fn start_sync(

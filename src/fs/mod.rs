@@ -871,26 +871,27 @@ impl FsCore {
 
     /// Brings the working copy of an open file up to a remote change that
     /// the sync task applied, unless it has local writes of its own (those
-    /// become a conflict copy when committed).
-    pub fn refresh_after_remote_change(&self, ino: u64) -> FsResult<()> {
+    /// become a conflict copy when committed). Returns true when it replaced
+    /// the working copy.
+    pub fn refresh_after_remote_change(&self, ino: u64) -> FsResult<bool> {
         let mut state = self.state();
         let Some(open) = state.open_files.get_mut(&ino) else {
-            return Ok(());
+            return Ok(false);
         };
         if open.dirty {
-            return Ok(());
+            return Ok(false);
         }
         let store = self.store();
         let Some(row) = store.node(&open.id)? else {
-            return Ok(());
+            return Ok(false);
         };
         if row.doc.is_deleted() {
-            return Ok(());
+            return Ok(false);
         }
         let handles = open.handles;
         *open = OpenFile::new(row.id, row.doc.content, row.doc.mtime, row.remote_revision);
         open.handles = handles;
-        Ok(())
+        Ok(true)
     }
 
     /// Commits every open file's working copy, as at unmount.
