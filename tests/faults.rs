@@ -1,111 +1,15 @@
 //! Sync through a fault-injecting TCP proxy of the test's own, on loopback:
-//! dropped connections, truncated replies and 500s. Sync must back off,
-//! recover, and show what happened in `syn status`.
+//! dropped connections, truncated replies, 500s and a server that never
+//! replies. Sync must back off, recover, and show what happened in
+//! `syn status`.
 
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use common::{Device, Server, read_if_exists, run_ok, syn, wait_until};
-
-const PASS: u8 = 0;
-const DROP: u8 = 1;
-const ERROR_500: u8 = 2;
-const TRUNCATE: u8 = 3;
-
-/// A proxy that forwards to the server or injects the fault `mode` names.
-/// The mode applies per connection, so changing it closes the open ones:
-/// the client's pooled keep-alive connections would bypass a new fault.
-struct FaultProxy {
-    url: String,
-    mode: Arc<AtomicU8>,
-    connections: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl FaultProxy {
-    fn start(server: &Server) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let upstream = server.url.trim_start_matches("http://").to_string();
-        let mode = Arc::new(AtomicU8::new(PASS));
-        let proxy_mode = mode.clone();
-        let connections = Arc::new(Mutex::new(Vec::new()));
-        let proxy_connections = connections.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else {
-                    continue;
-                };
-                if let Ok(copy) = client.try_clone() {
-                    proxy_connections.lock().unwrap().push(copy);
-                }
-                let upstream = upstream.clone();
-                let mode = proxy_mode.clone();
-                std::thread::spawn(move || handle(client, &upstream, mode.load(Ordering::SeqCst)));
-            }
-        });
-        FaultProxy {
-            url,
-            mode,
-            connections,
-        }
-    }
-
-    fn set(&self, mode: u8) {
-        self.mode.store(mode, Ordering::SeqCst);
-        for connection in self.connections.lock().unwrap().drain(..) {
-            let _ = connection.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-fn handle(mut client: TcpStream, upstream: &str, mode: u8) {
-    match mode {
-        DROP => {
-            let _ = client.shutdown(Shutdown::Both);
-        }
-        ERROR_500 => {
-            let mut buffer = [0u8; 4096];
-            let _ = client.read(&mut buffer);
-            let body = r#"{"code":"internal","message":"injected fault"}"#;
-            let reply = format!(
-                "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = client.write_all(reply.as_bytes());
-        }
-        _ => forward(client, upstream, mode == TRUNCATE),
-    }
-}
-
-/// Copies bytes both ways; with `truncate` the reply is cut after its first
-/// 40 bytes and the connection closed.
-fn forward(client: TcpStream, upstream: &str, truncate: bool) {
-    let Ok(server) = TcpStream::connect(upstream) else {
-        return;
-    };
-    let (mut client_read, mut server_write) =
-        (client.try_clone().unwrap(), server.try_clone().unwrap());
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut client_read, &mut server_write);
-        let _ = server_write.shutdown(Shutdown::Write);
-    });
-    let (mut server_read, mut client_write) = (server, client);
-    if truncate {
-        let mut head = [0u8; 40];
-        if let Ok(count) = server_read.read(&mut head) {
-            let _ = client_write.write_all(&head[..count]);
-        }
-        let _ = client_write.shutdown(Shutdown::Both);
-        return;
-    }
-    let _ = std::io::copy(&mut server_read, &mut client_write);
-    let _ = client_write.shutdown(Shutdown::Write);
-}
+use common::fault_proxy::{Fault, FaultProxy};
+use common::{Device, Server, read_if_exists, wait_until, wait_until_within};
 
 fn last_error(device: &Device) -> Option<String> {
     device.status_json()["sync"]["last_error"]["message"]
@@ -113,55 +17,39 @@ fn last_error(device: &Device) -> Option<String> {
         .map(str::to_string)
 }
 
-fn device_through(proxy: &FaultProxy, token: &str, name: &str, create: bool) -> Device {
-    let device = Device::unconfigured();
-    let command = if create { "init" } else { "join" };
-    let mut arguments = vec![
-        command,
-        "--device-name",
-        name,
-        "--server",
-        &proxy.url,
-        "--token",
-        token,
-    ];
-    if create {
-        arguments.push("--insecure-test-kdf");
-    }
-    run_ok(syn().args(&arguments).arg("--store").arg(&device.store));
-    device
-}
-
 #[test]
 fn sync_recovers_from_each_injected_fault() {
     let server = Server::start();
     let token = server.add_account("alice");
     let proxy = FaultProxy::start(&server);
-    let mut a = device_through(&proxy, &token, "A", true);
-    let mut b = device_through(&proxy, &token, "B", false);
+    let mut a = Device::create_at(&proxy.url, &token, "A");
+    let mut b = Device::join_at(&proxy.url, &token, "B");
     a.mount();
     b.mount();
 
-    for (round, mode) in [DROP, ERROR_500, TRUNCATE].into_iter().enumerate() {
-        proxy.set(mode);
+    for (round, fault) in [Fault::Drop, Fault::Error500, Fault::Truncate]
+        .into_iter()
+        .enumerate()
+    {
+        proxy.set(fault);
         let name = format!("during-fault-{round}.txt");
-        fs::write(a.path(&name), format!("written during fault {mode}")).unwrap();
+        fs::write(a.path(&name), format!("written during fault {fault:?}")).unwrap();
         wait_until("A to report the fault", || last_error(&a).is_some());
         let status = a.status_json();
         assert_eq!(
             status["sync"]["last_error"]["retrying"],
             serde_json::json!(true),
-            "fault {mode} is retried: {status}"
+            "fault {fault:?} is retried: {status}"
         );
         assert!(
             status["pending_changes"].as_u64().unwrap_or(0) >= 1,
             "the change waits: {status}"
         );
 
-        proxy.set(PASS);
+        proxy.set(Fault::Pass);
         wait_until("the file on B after the fault", || {
             read_if_exists(&b.path(&name)).as_deref()
-                == Some(format!("written during fault {mode}").as_bytes())
+                == Some(format!("written during fault {fault:?}").as_bytes())
         });
         wait_until("A's error to clear", || last_error(&a).is_none());
     }
@@ -180,5 +68,205 @@ fn sync_recovers_from_each_injected_fault() {
         a.status_json()["conflicts"],
         serde_json::json!(0),
         "no conflicts on A"
+    );
+}
+
+/// Long enough for the client's 30 s request timeout to fire, with room for
+/// a slow machine.
+const PAST_REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// First backoff after a failure, before jitter. `src/sync/mod.rs` doubles
+/// it per further failure, up to [`BACKOFF_CAP_MS`].
+const BACKOFF_START_MS: u64 = 500;
+const BACKOFF_CAP_MS: u64 = 30_000;
+
+/// Returns the backoff after `failures` failed attempts in a row, before
+/// jitter. The jittered delay lies in [base / 2, base).
+fn backoff_base_ms(failures: u64) -> u64 {
+    let exponent = failures.saturating_sub(1).min(16);
+    (BACKOFF_START_MS << exponent).min(BACKOFF_CAP_MS)
+}
+
+fn pending(device: &Device) -> u64 {
+    device.status_json()["pending_changes"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+#[test]
+fn stalled_server_times_out_then_recovers() {
+    let server = Server::start();
+    let token = server.add_account("alice");
+    let proxy = FaultProxy::start(&server);
+    let mut a = Device::create_at(&proxy.url, &token, "A");
+    let mut b = Device::join(&server, &token, "B");
+    a.mount();
+    b.mount();
+
+    proxy.set(Fault::Stall);
+    fs::write(a.path("stalled.txt"), b"written while the server stalls").unwrap();
+    wait_until_within(PAST_REQUEST_TIMEOUT, "A to report a timeout", || {
+        last_error(&a).is_some_and(|message| message.contains("timed out"))
+    });
+    let status = a.status_json();
+    assert_eq!(
+        status["sync"]["last_error"]["retrying"],
+        serde_json::json!(true),
+        "a timeout is retried: {status}"
+    );
+    assert!(
+        status["pending_changes"].as_u64().unwrap_or(0) >= 1,
+        "the change waits: {status}"
+    );
+    assert!(
+        !proxy.stalled_requests().is_empty(),
+        "the proxy left a request unanswered"
+    );
+    assert_eq!(
+        read_if_exists(&b.path("stalled.txt")),
+        None,
+        "nothing reached the server"
+    );
+
+    proxy.set(Fault::Pass);
+    wait_until("the file on B after the stall", || {
+        read_if_exists(&b.path("stalled.txt")).as_deref()
+            == Some(b"written while the server stalls".as_slice())
+    });
+    wait_until("A's error to clear", || last_error(&a).is_none());
+    wait_until("A to push everything", || pending(&a) == 0);
+}
+
+#[test]
+fn backoff_grows_and_shows_in_status() {
+    let server = Server::start();
+    let token = server.add_account("alice");
+    let proxy = FaultProxy::start(&server);
+    let mut a = Device::create_at(&proxy.url, &token, "A");
+    let mut b = Device::join(&server, &token, "B");
+    a.mount();
+    b.mount();
+    wait_until("A's first sync", || {
+        a.status_json()["sync"]["last_sync"].is_u64()
+    });
+
+    // Each commit of the file wakes the loop, which would cut a backoff
+    // short. Writing it while a request stalls leaves at most one wake-up
+    // pending when the 500s begin, and nothing on A changes after that.
+    proxy.set(Fault::Stall);
+    fs::write(a.path("during-500s.txt"), b"written while the server fails").unwrap();
+    wait_until("A to wait on a stalled request", || {
+        !proxy.stalled_requests().is_empty()
+    });
+    proxy.set(Fault::Error500);
+
+    let mut observed: Vec<(u64, u64)> = Vec::new();
+    wait_until_within(
+        Duration::from_secs(60),
+        "A to fail 6 times in a row",
+        || {
+            let status = a.status_json();
+            let sync = &status["sync"];
+            let failures = sync["failures"].as_u64().unwrap_or(0);
+            if failures > 0 {
+                let delay = sync["retry_delay_ms"].as_u64();
+                let delay = delay.unwrap_or_else(|| panic!("no retry delay: {status}"));
+                let due = sync["next_retry_at_ms"].as_u64();
+                let due = due.unwrap_or_else(|| panic!("no next retry time: {status}"));
+                let failed_at = sync["last_error"]["time"].as_u64();
+                let failed_at = failed_at.unwrap_or_else(|| panic!("no error time: {status}"));
+                let failed_at_ms = failed_at * 1000;
+                assert!(
+                    due >= failed_at_ms + delay,
+                    "the next retry is due a delay after the failure: {status}"
+                );
+                assert_eq!(
+                    sync["last_error"]["retrying"],
+                    serde_json::json!(true),
+                    "the failure is retried: {status}"
+                );
+                if observed.last() != Some(&(failures, delay)) {
+                    observed.push((failures, delay));
+                }
+            }
+            failures >= 6
+        },
+    );
+
+    let counts: Vec<u64> = observed.iter().map(|(failures, _)| *failures).collect();
+    assert!(
+        counts.windows(2).all(|pair| pair[0] <= pair[1]),
+        "the failure count only rises: {counts:?}"
+    );
+    assert!(
+        counts.len() >= 3,
+        "status showed the count rising step by step: {counts:?}"
+    );
+    for (failures, delay) in &observed {
+        let base = backoff_base_ms(*failures);
+        assert!(
+            *delay >= base / 2,
+            "failure {failures}: delay {delay} ms is below half the base {base} ms"
+        );
+        assert!(
+            *delay <= base,
+            "failure {failures}: delay {delay} ms exceeds the base {base} ms"
+        );
+    }
+
+    // The j-th 500 leaves at least j failures in a row, so the attempt
+    // after it waits at least half of base(j). Only the first 500 may have
+    // come early, from the wake-up left pending by the write.
+    let attempts: Vec<Instant> = proxy
+        .accepted()
+        .iter()
+        .filter(|accepted| accepted.fault == Fault::Error500)
+        .map(|accepted| accepted.time)
+        .collect();
+    for (index, pair) in attempts.windows(2).enumerate() {
+        let failures = index as u64 + 1;
+        let gap = pair[1] - pair[0];
+        let lower = Duration::from_millis(backoff_base_ms(failures) / 2);
+        assert!(
+            gap >= lower,
+            "500 number {} came {gap:?} after number {failures}, less than {lower:?}",
+            failures + 1
+        );
+    }
+    assert!(
+        attempts.len() >= 4,
+        "too few attempts to measure the backoff: {}",
+        attempts.len()
+    );
+
+    proxy.set(Fault::Pass);
+    wait_until_within(
+        Duration::from_secs(60),
+        "the file on B after the 500s",
+        || {
+            read_if_exists(&b.path("during-500s.txt")).as_deref()
+                == Some(b"written while the server fails".as_slice())
+        },
+    );
+    wait_until("A's failures to clear", || {
+        a.status_json()["sync"]["failures"].as_u64() == Some(0)
+    });
+    let status = a.status_json();
+    assert!(
+        status["sync"]["retry_delay_ms"].is_null(),
+        "no retry delay after recovering: {status}"
+    );
+    assert!(
+        status["sync"]["next_retry_at_ms"].is_null(),
+        "no retry due after recovering: {status}"
+    );
+    assert!(
+        status["sync"]["last_error"].is_null(),
+        "no error after recovering: {status}"
+    );
+    assert_eq!(
+        status["pending_changes"],
+        serde_json::json!(0),
+        "nothing pending: {status}"
     );
 }

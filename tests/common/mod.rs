@@ -3,6 +3,8 @@
 //! temporary directories, unmounted on drop even when a test fails.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -41,12 +43,19 @@ pub fn run_ok(command: &mut Command) -> Output {
 
 /// Polls `condition` every 20 ms until it holds, or panics after
 /// [`DEADLINE`] naming what it waited for.
-pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    wait_until_within(DEADLINE, what, condition);
+}
+
+/// Polls `condition` every 20 ms until it holds, or panics after
+/// `deadline` naming what it waited for. For waits that include one of
+/// syn's own timeouts, which can exceed [`DEADLINE`].
+pub fn wait_until_within(deadline: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();
     while !condition() {
         assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -206,6 +215,12 @@ impl Device {
 
     /// The first device of a vault on `server`.
     pub fn create(server: &Server, token: &str, name: &str) -> Device {
+        Device::create_at(&server.url, token, name)
+    }
+
+    /// Creates the first device of a vault on the server at `url`, which
+    /// may be a proxy in front of it.
+    pub fn create_at(url: &str, token: &str, name: &str) -> Device {
         let device = Device::new();
         run_ok(
             syn()
@@ -215,7 +230,7 @@ impl Device {
                     "--device-name",
                     name,
                     "--server",
-                    &server.url,
+                    url,
                     "--token",
                     token,
                 ])
@@ -227,6 +242,12 @@ impl Device {
 
     /// Another device of the vault on `server`.
     pub fn join(server: &Server, token: &str, name: &str) -> Device {
+        Device::join_at(&server.url, token, name)
+    }
+
+    /// Joins another device to the vault on the server at `url`, which may
+    /// be a proxy in front of it.
+    pub fn join_at(url: &str, token: &str, name: &str) -> Device {
         let device = Device::new();
         run_ok(
             syn()
@@ -235,7 +256,7 @@ impl Device {
                     "--device-name",
                     name,
                     "--server",
-                    &server.url,
+                    url,
                     "--token",
                     token,
                 ])
@@ -289,6 +310,31 @@ impl Device {
         let mut reply = String::new();
         BufReader::new(stream).read_line(&mut reply).unwrap();
         serde_json::from_str(&reply).expect("the daemon replies with JSON")
+    }
+
+    /// Returns the process id of the running daemon, from its status reply.
+    pub fn daemon_pid(&self) -> u32 {
+        let status = self.status_from_socket();
+        let pid = status["pid"].as_u64();
+        let pid = pid.unwrap_or_else(|| panic!("the status reply has no pid: {status}"));
+        u32::try_from(pid).expect("a pid fits u32")
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and waits until it
+    /// is gone. Its mount stays behind, stale, until the test unmounts it
+    /// or drops the device.
+    pub fn kill_daemon(&self) {
+        let pid = self.daemon_pid();
+        let pid_t = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+        // SAFETY: kill only sends a signal, to the daemon this device started.
+        let sent = unsafe { libc::kill(pid_t, libc::SIGKILL) };
+        assert_eq!(
+            sent,
+            0,
+            "kill -9 {pid} failed: {}",
+            std::io::Error::last_os_error()
+        );
+        wait_until("the killed daemon to exit", || process_gone(pid));
     }
 
     /// Runs `syn sync` and returns its output without asserting success.
@@ -375,6 +421,20 @@ pub fn mounted_pair() -> (Server, String, Device, Device) {
     a.mount();
     b.mount();
     (server, token, a, b)
+}
+
+/// True when process `pid` has exited: it is gone, or a zombie not reaped
+/// yet, since the test is not the detached daemon's parent.
+pub fn process_gone(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // The state follows the command name, which is in parentheses and may
+    // itself contain spaces or parentheses.
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next());
+    matches!(state, Some("Z" | "X"))
 }
 
 fn mount_line(mountpoint: &Path) -> Option<String> {
