@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::fault_proxy::{Fault, FaultProxy};
-use common::{Device, Server, pseudo_random_bytes, syn, wait_until, wait_until_within};
+use common::{Device, Server, pseudo_random_bytes, run_ok, syn, wait_until, wait_until_within};
 
 /// Deadline for a device to catch up on all the files of a test.
 const CATCH_UP: Duration = Duration::from_secs(60);
@@ -107,9 +107,18 @@ fn assert_store_intact(store: &Path) {
     assert_eq!(result, "ok", "SQLite integrity check of the killed store");
 }
 
-/// Clears the stale mount of a killed daemon with `syn unmount`, first
-/// checking that `syn mount` rejects it with advice instead of hanging.
+/// Clears the stale mount of a killed daemon with `syn unmount --store`,
+/// first checking that `syn status` reports it and that `syn mount` rejects
+/// it with advice instead of hanging.
 fn unmount_stale(device: &mut Device) {
+    let status = device.status_json();
+    assert_eq!(status["running"], serde_json::json!(false), "{status}");
+    assert_eq!(
+        status["stale_mounts"],
+        serde_json::json!([device.mountpoint]),
+        "status names the stale mount"
+    );
+
     let output = syn()
         .args(["mount", "--store"])
         .arg(&device.store)
@@ -125,7 +134,12 @@ fn unmount_stale(device: &mut Device) {
         message.contains("stale mount"),
         "the error names the stale mount: {message}"
     );
-    device.unmount();
+    run_ok(syn().args(["unmount", "--store"]).arg(&device.store));
+    device.mark_unmounted();
+    assert!(
+        !common::is_mounted(&device.mountpoint),
+        "`syn unmount --store` clears the stale mount"
+    );
 }
 
 #[test]

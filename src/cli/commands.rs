@@ -313,14 +313,20 @@ pub fn unmount(mountpoint: Option<&Path>, store: &StoreArg, timeout: u64) -> Res
             )));
         }
         Err(control::ControlError::NoDaemon) => {
-            let Some(mountpoint) = mountpoint else {
+            let stale = match mountpoint {
+                Some(mountpoint) => vec![mountpoint],
+                None => mountinfo::mounts_of_store(&store_dir).unwrap_or_default(),
+            };
+            if stale.is_empty() {
                 return Err(CliError::new(format!(
                     "no daemon is running for the store {}: nothing to unmount",
                     store_dir.display()
                 )));
-            };
+            }
             eprintln!("The daemon is gone; unmounting with fusermount3.");
-            lazy_unmount(&mountpoint)?;
+            for mountpoint in stale {
+                lazy_unmount(&mountpoint)?;
+            }
         }
         Err(error) => return Err(error.into()),
     }

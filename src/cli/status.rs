@@ -10,6 +10,7 @@ use serde_json::json;
 use super::{CliError, passphrase};
 use crate::crypto::Passphrase;
 use crate::daemon::control::{self, ControlError, DaemonStatus, Reply, Request};
+use crate::daemon::mountinfo;
 use crate::store::{Store, StoreLock, summarize};
 use crate::sync::Engine;
 use crate::sync::client::Client;
@@ -117,9 +118,11 @@ fn print_daemon_status(status: &DaemonStatus, as_json: bool) {
 
 fn print_store_status(store_dir: &Path, as_json: bool) -> Result<(), CliError> {
     let summary = summarize(store_dir)?;
+    let stale_mounts = mountinfo::mounts_of_store(store_dir).unwrap_or_default();
     if as_json {
         let value = json!({
             "running": false,
+            "stale_mounts": stale_mounts,
             "store": store_dir,
             "server": summary.server_url,
             "pending_changes": summary.pending_changes,
@@ -131,7 +134,16 @@ fn print_store_status(store_dir: &Path, as_json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     println!("Store:       {}", store_dir.display());
-    println!("Mounted:     no (no daemon is running)");
+    if stale_mounts.is_empty() {
+        println!("Mounted:     no (no daemon is running)");
+    }
+    for mountpoint in &stale_mounts {
+        println!(
+            "Mounted:     stale mount at {} (its daemon stopped); clear it with `syn unmount {}`",
+            mountpoint.display(),
+            mountpoint.display()
+        );
+    }
     println!(
         "Server:      {}",
         summary.server_url.as_deref().unwrap_or("none")

@@ -285,6 +285,11 @@ impl Device {
         }
     }
 
+    /// Records an unmount made by the test itself.
+    pub fn mark_unmounted(&mut self) {
+        self.mounted = false;
+    }
+
     pub fn unmount(&mut self) {
         run_ok(syn().arg("unmount").arg(&self.mountpoint));
         self.mounted = false;
