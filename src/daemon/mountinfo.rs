@@ -69,14 +69,14 @@ pub fn store_of(entry: &MountEntry) -> Option<PathBuf> {
     entry.source.strip_prefix(SOURCE_PREFIX).map(PathBuf::from)
 }
 
-/// The mount points of `store_dir` that the kernel still lists. With no
+/// Returns the mount points of `store_dir` that the kernel lists. With no
 /// daemon running, each is a stale mount left by a daemon that was killed.
 pub fn mounts_of_store(store_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let canonical = |path: &Path| path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let wanted = canonical(store_dir);
+    let expected = canonical(store_dir);
     Ok(mounts()?
         .into_iter()
-        .filter(|entry| store_of(entry).is_some_and(|store| canonical(&store) == wanted))
+        .filter(|entry| store_of(entry).is_some_and(|store| canonical(&store) == expected))
         .map(|entry| entry.mountpoint)
         .collect())
 }
