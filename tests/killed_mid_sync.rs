@@ -1,6 +1,7 @@
-//! The daemon killed with SIGKILL in the middle of a push or a pull, while
-//! the server keeps running. After `syn unmount` clears the stale mount and
-//! `syn mount` starts a new daemon, every file arrives exactly once.
+//! The daemon or the server killed with SIGKILL in the middle of a push or a
+//! pull. After a killed daemon's stale mount is cleared and `syn mount`
+//! starts a new one, or after the server starts again, every file arrives
+//! exactly once.
 
 mod common;
 
@@ -219,8 +220,22 @@ fn daemon_killed_mid_push() {
     assert_eq!(conflicts(&b), 0, "B created no conflict copies");
 }
 
-#[test]
-fn daemon_killed_mid_pull() {
+/// A device B in the middle of a pull: A wrote and pushed a tree while B
+/// heard nothing, and B has fetched part of its blocks and waits for a
+/// reply that the proxy holds back. Returns the files B must end up with.
+///
+/// Fields drop in declaration order: the devices unmount while the proxy
+/// and the server still run, so their final push does not wait on a dead
+/// server.
+struct HeldPull {
+    a: Device,
+    b: Device,
+    proxy: FaultProxy,
+    server: Server,
+    expected: BTreeMap<String, Vec<u8>>,
+}
+
+fn start_held_pull() -> HeldPull {
     let server = Server::start();
     let token = server.add_account("alice");
     let proxy = FaultProxy::start(&server);
@@ -260,18 +275,52 @@ fn daemon_killed_mid_pull() {
         !b.path("pulled").exists(),
         "B applied part of a page whose blocks it lacks"
     );
+    HeldPull {
+        a,
+        b,
+        proxy,
+        server,
+        expected,
+    }
+}
 
-    b.kill_daemon();
-    assert_store_intact(&b.store);
-    unmount_stale(&mut b);
-    proxy.set(Fault::Pass);
-    b.mount();
-
+/// Waits for B to hold exactly the expected files, and checks that nobody
+/// made a conflict copy or kept a change pending.
+fn assert_pull_completes(pull: &HeldPull) {
     wait_until_within(CATCH_UP, "B to hold every file", || {
-        files_under(&b, "pulled").len() == expected.len()
+        files_under(&pull.b, "pulled").len() == pull.expected.len()
     });
-    assert_files(&b, "pulled", &expected);
-    assert_eq!(pending(&b), 0, "B has nothing to push");
-    assert_eq!(conflicts(&b), 0, "B created no conflict copies");
-    assert_eq!(conflicts(&a), 0, "A created no conflict copies");
+    assert_files(&pull.b, "pulled", &pull.expected);
+    assert_eq!(pending(&pull.b), 0, "B has nothing to push");
+    assert_eq!(conflicts(&pull.b), 0, "B created no conflict copies");
+    assert_eq!(conflicts(&pull.a), 0, "A created no conflict copies");
+}
+
+#[test]
+fn daemon_killed_mid_pull() {
+    let mut pull = start_held_pull();
+
+    pull.b.kill_daemon();
+    assert_store_intact(&pull.b.store);
+    unmount_stale(&mut pull.b);
+    pull.proxy.set(Fault::Pass);
+    pull.b.mount();
+
+    assert_pull_completes(&pull);
+}
+
+#[test]
+fn server_killed_mid_pull() {
+    let mut pull = start_held_pull();
+
+    pull.server.stop();
+    // Letting the held reply go closes its connection, so B's request
+    // fails, and its retries find no server until it starts again.
+    pull.proxy.set(Fault::Pass);
+    wait_until("B to report the failed pull", || {
+        !pull.b.status_json()["sync"]["last_error"].is_null()
+    });
+    pull.server.restart();
+
+    assert_pull_completes(&pull);
 }
