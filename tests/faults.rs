@@ -9,7 +9,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use common::fault_proxy::{Fault, FaultProxy};
-use common::{Device, Server, read_if_exists, wait_until, wait_until_within};
+use common::{Device, Server, read_if_exists, run_ok, syn, wait_until, wait_until_within};
 
 fn last_error(device: &Device) -> Option<String> {
     device.status_json()["sync"]["last_error"]["message"]
@@ -269,4 +269,44 @@ fn backoff_grows_and_shows_in_status() {
         serde_json::json!(0),
         "nothing pending: {status}"
     );
+}
+
+/// `syn unmount --timeout 1` while a request to the server hangs: the
+/// unmount keeps its timeout instead of waiting for the client's 30 s request
+/// timeout, and the change stays queued for the next mount.
+#[test]
+fn unmount_during_stall_keeps_its_timeout() {
+    let server = Server::start();
+    let token = server.add_account("alice");
+    let proxy = FaultProxy::start(&server);
+    let mut a = Device::create_at(&proxy.url, &token, "A");
+    let mut b = Device::join(&server, &token, "B");
+    a.mount();
+    b.mount();
+
+    proxy.set(Fault::Stall);
+    fs::write(a.path("queued.txt"), b"queued while the server stalls").unwrap();
+    wait_until("a request to stall", || {
+        !proxy.stalled_requests().is_empty()
+    });
+
+    let started = Instant::now();
+    run_ok(syn().args(["unmount", "--timeout", "1"]).arg(&a.mountpoint));
+    let took = started.elapsed();
+    a.mark_unmounted();
+    // A bound on a timeout the command promises, far above the 1 s asked
+    // for and far below the 30 s a stalled request would add.
+    assert!(
+        took < Duration::from_secs(20),
+        "unmount took {took:?} with --timeout 1"
+    );
+    assert!(!common::is_mounted(&a.mountpoint), "the mount is gone");
+    assert!(pending(&a) >= 1, "the change stays queued in the store");
+
+    proxy.set(Fault::Pass);
+    a.mount();
+    wait_until("the queued file on B", || {
+        read_if_exists(&b.path("queued.txt")).as_deref()
+            == Some(b"queued while the server stalls".as_slice())
+    });
 }

@@ -7,6 +7,7 @@ pub mod mountinfo;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -110,6 +111,9 @@ struct Daemon {
     core: Arc<FsCore>,
     sync: Mutex<Option<SyncHandle>>,
     insecure_kdf: bool,
+    /// Set once `syn unmount` has pushed within its own timeout, so the
+    /// exit does not spend [`EXIT_PUSH_TIMEOUT`] on the same changes again.
+    pushed_at_unmount: AtomicBool,
 }
 
 impl Daemon {
@@ -167,6 +171,7 @@ impl Daemon {
         }
         match unmount_kernel(&self.mountpoint, lazy) {
             Ok(()) => {
+                self.pushed_at_unmount.store(true, Ordering::SeqCst);
                 log::info!("unmount requested");
                 Reply::Unmounted { warning }
             }
@@ -426,6 +431,7 @@ pub fn run(
         store: store.clone(),
         core,
         sync: Mutex::new(sync),
+        pushed_at_unmount: AtomicBool::new(false),
         insecure_kdf,
     });
 
@@ -457,7 +463,12 @@ pub fn run(
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .take();
     if let Some(sync) = sync {
-        if let Err(message) = sync.stop(EXIT_PUSH_TIMEOUT) {
+        let push_timeout = if daemon.pushed_at_unmount.load(Ordering::SeqCst) {
+            Duration::ZERO
+        } else {
+            EXIT_PUSH_TIMEOUT
+        };
+        if let Err(message) = sync.stop(push_timeout) {
             log::warn!("{message}");
         }
     }

@@ -22,6 +22,10 @@ pub use engine::{Engine, Invalidate, RoundReport, SyncError};
 /// Seconds one long-poll request waits for remote changes.
 const LONG_POLL_SECONDS: u64 = 25;
 
+/// Time [`SyncHandle::stop`] waits beyond its push timeout for the loop to
+/// take the command.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// First and last delay between failed rounds, before jitter.
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -186,18 +190,35 @@ impl SyncHandle {
     /// thread. Changes that could not be pushed stay in the change log.
     pub fn stop(mut self, timeout: Duration) -> Result<(), String> {
         let (done, outcome) = std_mpsc::channel();
-        let sent = self.commands.send(Command::Stop { timeout, done }).is_ok();
-        let result = if sent {
-            outcome
-                .recv()
-                .unwrap_or_else(|_| Err("the sync task stopped before it answered".into()))
-        } else {
-            Ok(())
-        };
+        if self.commands.send(Command::Stop { timeout, done }).is_err() {
+            self.join();
+            return Ok(());
+        }
+        // The loop takes the command only between rounds, and a round whose
+        // request gets no reply lasts the client's whole request timeout.
+        // Waiting for it would break the caller's timeout, so the thread is
+        // left to end with the process instead.
+        match outcome.recv_timeout(timeout + STOP_GRACE) {
+            Ok(result) => {
+                self.join();
+                result
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(format!(
+                "the sync task did not stop within {} s, as a request to the server is still \
+                 waiting for a reply; pending changes stay queued for the next mount",
+                (timeout + STOP_GRACE).as_secs()
+            )),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                self.join();
+                Err("the sync task stopped before it answered".into())
+            }
+        }
+    }
+
+    fn join(&mut self) {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        result
     }
 }
 
@@ -262,6 +283,10 @@ impl SyncLoop {
                     let _ = reply.send(outcome.map_err(|error| error.to_string()));
                 }
                 Event::Command(Some(Command::Stop { timeout, done })) => {
+                    if timeout.is_zero() {
+                        let _ = done.send(Ok(()));
+                        return;
+                    }
                     let outcome = tokio::time::timeout(timeout, self.engine.round()).await;
                     let result = match outcome {
                         Ok(Ok(_)) => Ok(()),
