@@ -104,6 +104,12 @@ enum Operation {
         device: usize,
         path: String,
     },
+    /// Adds a hard link at `to` to the file at `from`.
+    Link {
+        device: usize,
+        from: String,
+        to: String,
+    },
     Rename {
         device: usize,
         from: String,
@@ -163,6 +169,8 @@ fn operation() -> impl Strategy<Value = Operation> {
         2 => (device.clone(), directory_path(1)).prop_map(|(device, path)| Operation::Mkdir { device, path }),
         2 => (device.clone(), any_path(), any_path())
             .prop_map(|(device, from, to)| Operation::Rename { device, from, to }),
+        1 => (device.clone(), file_path(), file_path())
+            .prop_map(|(device, from, to)| Operation::Link { device, from, to }),
         4 => (device.clone(), fault()).prop_map(|(device, fault)| Operation::Sync { device, fault }),
         1 => device.prop_map(|device| Operation::Restart { device }),
     ]
@@ -499,6 +507,15 @@ impl World {
                 }
             }
             Operation::Rename { device, from, to } => self.rename(*device, from, to),
+            Operation::Link { device, from, to } => {
+                let core = &self.devices[*device].core;
+                if let (Some((from_parent, from_name)), Some((to_parent, to_name))) =
+                    (resolve_parent(core, from), resolve_parent(core, to))
+                    && let Ok(attr) = core.lookup(from_parent, from_name.as_bytes())
+                {
+                    let _ = core.link(attr.ino, to_parent, to_name.as_bytes());
+                }
+            }
             Operation::Sync { device, fault } => {
                 let _ = self.devices[*device].sync(*fault);
             }
@@ -609,7 +626,10 @@ impl World {
                 let old = read_file(core, attr.ino);
                 core.unlink(parent, name.as_bytes())
                     .expect("unlink of an existing file succeeds");
-                self.required.remove(&old);
+                // Another hard link keeps the content.
+                if attr.nlink == 1 {
+                    self.required.remove(&old);
+                }
             }
             Err(_) => {}
         }
@@ -625,8 +645,17 @@ impl World {
         else {
             return;
         };
+        let source = core.lookup(from_parent, from_name.as_bytes()).ok();
+        // A target that is the source's own link, or that has another link,
+        // keeps its content.
         let replaced = match core.lookup(to_parent, to_name.as_bytes()) {
-            Ok(attr) if attr.kind == NodeKind::File => Some(read_file(core, attr.ino)),
+            Ok(attr)
+                if attr.kind == NodeKind::File
+                    && attr.nlink == 1
+                    && source.as_ref().is_none_or(|source| source.ino != attr.ino) =>
+            {
+                Some(read_file(core, attr.ino))
+            }
             _ => None,
         };
         let renamed = core.rename(
@@ -694,9 +723,9 @@ fn read_file(core: &FsCore, ino: u64) -> Vec<u8> {
     }
 }
 
-/// A tree entry: its path, its permission bits, and the content of a file
-/// or `None` for a directory.
-type TreeEntry = (Vec<u8>, u32, Option<Vec<u8>>);
+/// A tree entry: its path, its permission bits and link count, and the
+/// content of a file or `None` for a directory.
+type TreeEntry = (Vec<u8>, u32, u32, Option<Vec<u8>>);
 
 fn tree(core: &FsCore) -> Vec<TreeEntry> {
     let mut entries = Vec::new();
@@ -714,17 +743,14 @@ fn tree(core: &FsCore) -> Vec<TreeEntry> {
                 path.push(b'/');
             }
             path.extend_from_slice(&entry.name);
-            let mode = core
-                .getattr(entry.ino)
-                .expect("an entry has attributes")
-                .mode
-                & 0o7777;
+            let attr = core.getattr(entry.ino).expect("an entry has attributes");
+            let mode = attr.mode & 0o7777;
             match entry.kind {
                 NodeKind::Directory => {
                     directories.push((entry.ino, path.clone()));
-                    entries.push((path, mode, None));
+                    entries.push((path, mode, attr.nlink, None));
                 }
-                _ => entries.push((path, mode, Some(read_file(core, entry.ino)))),
+                _ => entries.push((path, mode, attr.nlink, Some(read_file(core, entry.ino)))),
             }
         }
     }
@@ -734,10 +760,10 @@ fn tree(core: &FsCore) -> Vec<TreeEntry> {
 
 fn describe(tree: &[TreeEntry]) -> Vec<String> {
     tree.iter()
-        .map(|(path, mode, content)| match content {
-            None => format!("{}/ {mode:o}", String::from_utf8_lossy(path)),
+        .map(|(path, mode, links, content)| match content {
+            None => format!("{}/ {mode:o} {links}", String::from_utf8_lossy(path)),
             Some(content) => format!(
-                "{} {mode:o} = {:?}",
+                "{} {mode:o} {links} = {:?}",
                 String::from_utf8_lossy(path),
                 String::from_utf8_lossy(&content[..content.len().min(40)])
             ),
@@ -779,7 +805,7 @@ fn check_convergence(device_count: usize, operations: &[Operation]) {
 
     let present: BTreeSet<&Vec<u8>> = first
         .iter()
-        .filter_map(|(_, _, content)| content.as_ref())
+        .filter_map(|(_, _, _, content)| content.as_ref())
         .collect();
     for content in &world.required {
         assert!(
@@ -800,6 +826,7 @@ fn retarget(operation: &mut Operation, device_count: usize) {
         | Operation::Remove { device, .. }
         | Operation::Mkdir { device, .. }
         | Operation::Rename { device, .. }
+        | Operation::Link { device, .. }
         | Operation::Sync { device, .. }
         | Operation::Restart { device } => device,
     };
