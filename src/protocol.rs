@@ -28,9 +28,9 @@ pub const MAX_BLOB_BYTES: usize = 2 * 1024 * 1024;
 ///
 /// NOTE: a file's manifest lives inside its document, about 35 bytes per
 /// stored block, and documents are padded to a power of two. So this caps a
-/// file's stored data at about 7 GiB with 64 KiB blocks (an estimate), and a
-/// larger file fails to push. A manifest split into a tree of blocks would
-/// lift the limit.
+/// file's stored data at about 7 GiB with 64 KiB blocks (an estimate). A
+/// larger file stays pending, and `syn status` reports it, while other
+/// changes sync. A manifest split into a tree of blocks would lift the limit.
 pub const MAX_DOCUMENT_BYTES: usize = 8 * 1024 * 1024;
 
 /// Largest number of documents in one push batch or one page of changes.

@@ -889,3 +889,71 @@ fn conflict_names_in_one_second_stay_distinct() {
         "x (conflict laptop 1970-01-01 000007 2).txt"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Plain tests on the same harness
+
+/// A file whose document is larger than the server accepts (a list of
+/// 300,000 blocks, all the same block so the test stays small) stays
+/// pending while every other change syncs, and syncs once it shrinks.
+#[test]
+fn oversized_file_waits_while_others_sync() {
+    let mut world = World::new(2);
+    world.write(0, "small.txt", false, false);
+
+    let huge_id = NodeId::random();
+    let mut huge = NodeDoc::new(
+        NodeKind::File,
+        NodeId::ROOT,
+        b"huge.img",
+        0o644,
+        VAULT_OWNER,
+        VAULT_OWNER,
+    );
+    {
+        let store = world.devices[0].engine.store().clone();
+        let mut store = syn::fs::lock_store(&store);
+        let block = store.put_block(&[7u8; 65536]).unwrap();
+        huge.content.block_size = 65536;
+        huge.content.size = 300_000 * 65536;
+        huge.content.blocks = (0..300_000).map(|index| (index, block)).collect();
+        store.commit(&[(huge_id, &huge)]).unwrap();
+    }
+
+    let report = runtime()
+        .block_on(world.devices[0].engine.round())
+        .expect("the round succeeds despite the huge file");
+    assert_eq!(report.too_large, Some(1), "the huge file is reported");
+    assert_eq!(world.devices[0].pending(), 1, "only the huge file waits");
+    world.devices[1].sync(None).unwrap();
+    let names: Vec<Vec<u8>> = tree(&world.devices[1].core)
+        .into_iter()
+        .map(|(path, ..)| path)
+        .collect();
+    assert_eq!(names, vec![b"small.txt".to_vec()], "the small file synced");
+
+    huge.content.size = 10 * 65536;
+    huge.content.blocks.retain(|index, _| *index < 10);
+    {
+        let store = world.devices[0].engine.store().clone();
+        syn::fs::lock_store(&store)
+            .commit(&[(huge_id, &huge)])
+            .unwrap();
+    }
+    let report = runtime()
+        .block_on(world.devices[0].engine.round())
+        .expect("the round succeeds");
+    assert_eq!(report.too_large, Some(0), "nothing is too large now");
+    assert_eq!(world.devices[0].pending(), 0, "nothing waits");
+    world.devices[1].sync(None).unwrap();
+    let files = tree(&world.devices[1].core);
+    let huge_on_b = files
+        .iter()
+        .find(|(path, ..)| path == b"huge.img")
+        .expect("the shrunk file synced");
+    assert_eq!(
+        huge_on_b.3.as_ref().map(Vec::len),
+        Some(10 * 65536),
+        "its content arrived"
+    );
+}

@@ -12,8 +12,8 @@ use crate::crypto::Passphrase;
 use crate::daemon::control::{self, ControlError, DaemonStatus, Reply, Request};
 use crate::daemon::mountinfo;
 use crate::store::{Store, StoreLock, summarize};
-use crate::sync::Engine;
 use crate::sync::client::Client;
+use crate::sync::{Engine, too_large_message};
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -35,6 +35,12 @@ fn describe_time(unix_seconds: u64) -> String {
         "{} UTC ({age} s ago)",
         crate::store::format_utc_readable(unix_seconds)
     )
+}
+
+fn warn_too_large(count: usize) {
+    if count > 0 {
+        eprintln!("Warning: {}", too_large_message(count as u64));
+    }
 }
 
 pub fn status(store_dir: &Path, as_json: bool) -> Result<(), CliError> {
@@ -97,6 +103,9 @@ fn print_daemon_status(status: &DaemonStatus, as_json: bool) {
                     "Failures:    {} failed attempts in a row; {next}",
                     sync.failures
                 );
+            }
+            if sync.too_large > 0 {
+                println!("Too large:   {}", too_large_message(sync.too_large));
             }
             println!(
                 "Traffic:     {} bytes sent, {} received",
@@ -175,8 +184,13 @@ pub fn sync(
         timeout_seconds: timeout,
     };
     match control::request(store_dir, &request) {
-        Ok(Reply::Synced { pushed, pulled }) => {
+        Ok(Reply::Synced {
+            pushed,
+            pulled,
+            too_large,
+        }) => {
             eprintln!("Synced: pushed {pushed} changes, pulled {pulled}.");
+            warn_too_large(too_large);
             Ok(())
         }
         Ok(Reply::Error { message, .. }) => Err(CliError::new(format!("sync failed: {message}"))),
@@ -217,6 +231,7 @@ pub fn sync_in_foreground(
                 "Synced: pushed {} changes, pulled {}.",
                 report.pushed, report.pulled
             );
+            warn_too_large(report.too_large.unwrap_or(0));
             Ok(())
         }
         Ok(Err(error)) => {

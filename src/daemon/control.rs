@@ -55,9 +55,20 @@ pub struct DaemonStatus {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Reply {
     Status(DaemonStatus),
-    Synced { pushed: usize, pulled: usize },
-    Unmounted { warning: Option<String> },
-    Error { code: String, message: String },
+    Synced {
+        pushed: usize,
+        pulled: usize,
+        /// Files left pending because they are too large to sync.
+        #[serde(default)]
+        too_large: usize,
+    },
+    Unmounted {
+        warning: Option<String>,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ use crate::fs::fuse::SynFs;
 use crate::fs::{Caller, FsCore, SharedStore, lock_store};
 use crate::store::{AppliedChange, Store, StoreError, StoreLock, summarize};
 use crate::sync::client::{Client, ClientError};
-use crate::sync::{Engine, Invalidate, SyncHandle};
+use crate::sync::{Engine, Invalidate, RoundReport, SyncHandle};
 use control::{DaemonStatus, Reply, Request};
 
 /// FUSE worker threads.
@@ -139,7 +139,7 @@ impl Daemon {
         }
     }
 
-    fn sync_now(&self, timeout: Duration) -> Result<(usize, usize), String> {
+    fn sync_now(&self, timeout: Duration) -> Result<RoundReport, String> {
         let sync = self
             .sync
             .lock()
@@ -149,7 +149,6 @@ impl Daemon {
         };
         self.core.flush_all().map_err(|error| error.to_string())?;
         sync.sync_now(timeout)
-            .map(|report| (report.pushed, report.pulled))
     }
 
     /// Commits open files, pushes what is pending within `timeout`, then
@@ -165,8 +164,15 @@ impl Daemon {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .is_some()
         {
-            if let Err(error) = self.sync_now(timeout) {
-                warning = Some(format!("pending changes were not all pushed: {error}"));
+            match self.sync_now(timeout) {
+                Err(error) => {
+                    warning = Some(format!("pending changes were not all pushed: {error}"));
+                }
+                Ok(report) if report.too_large.unwrap_or(0) > 0 => {
+                    let count = report.too_large.unwrap_or(0) as u64;
+                    warning = Some(crate::sync::too_large_message(count));
+                }
+                Ok(_) => {}
             }
         }
         match unmount_kernel(&self.mountpoint, lazy) {
@@ -187,7 +193,11 @@ impl Daemon {
             Request::Status => Reply::Status(self.status()),
             Request::Sync { timeout_seconds } => {
                 match self.sync_now(Duration::from_secs(timeout_seconds)) {
-                    Ok((pushed, pulled)) => Reply::Synced { pushed, pulled },
+                    Ok(report) => Reply::Synced {
+                        pushed: report.pushed,
+                        pulled: report.pulled,
+                        too_large: report.too_large.unwrap_or(0),
+                    },
                     Err(message) => Reply::Error {
                         code: "sync_failed".into(),
                         message,

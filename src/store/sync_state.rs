@@ -1,6 +1,7 @@
 //! What the sync task reads from and writes to the store: the pending
 //! changes, the cursor, and remote documents applied with merges.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -123,8 +124,8 @@ pub fn conflict_name(name: &[u8], device: &str, unix_seconds: u64) -> Vec<u8> {
     numbered_conflict_name(name, device, unix_seconds, 1)
 }
 
-/// The conflict name with a `number` after the date when it is above 1, for
-/// a second conflict of the same name on the same device in the same second.
+/// Returns the conflict name with a `number` after the date when it is
+/// above 1, for a second conflict of one name on one device in one second.
 pub fn numbered_conflict_name(
     name: &[u8],
     device: &str,
@@ -189,15 +190,20 @@ pub fn format_utc(unix_seconds: u64) -> String {
 }
 
 impl Store {
-    /// Nodes with changes to push, oldest change first, at most `limit`.
-    pub fn pending_documents(&self, limit: usize) -> Result<Vec<PendingDocument>, StoreError> {
+    /// Nodes with changes to push, oldest change first, at most `limit`,
+    /// leaving out the nodes in `skip`.
+    pub fn pending_documents(
+        &self,
+        limit: usize,
+        skip: &HashSet<NodeId>,
+    ) -> Result<Vec<PendingDocument>, StoreError> {
         let mut statement = self.connection.prepare_cached(
             "SELECT changes.node, max(changes.seq), nodes.generation, nodes.document
              FROM changes JOIN nodes ON nodes.id = changes.node
              GROUP BY changes.node ORDER BY max(changes.seq) LIMIT ?1",
         )?;
         let rows: Vec<(Vec<u8>, i64, i64, Vec<u8>)> = statement
-            .query_map([limit as i64], |row| {
+            .query_map([(limit + skip.len()) as i64], |row| {
                 Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
             })?
             .collect::<Result<_, _>>()?;
@@ -205,6 +211,9 @@ impl Store {
         let mut pending = Vec::with_capacity(rows.len());
         for (id, seq, generation, sealed) in rows {
             let id = self.parse_node_id(&id)?;
+            if skip.contains(&id) || pending.len() == limit {
+                continue;
+            }
             let row = self.open_row(id, 0, &sealed, 0)?;
             let blocks = row.doc.content.blocks.values().copied().collect();
             pending.push(PendingDocument {

@@ -65,6 +65,9 @@ impl SyncError {
 pub struct RoundReport {
     pub pushed: usize,
     pub pulled: usize,
+    /// Documents left pending because they exceed the server's size limit;
+    /// `None` for a long-poll, which pushes nothing.
+    pub too_large: Option<usize>,
 }
 
 /// Called with the nodes that remote changes touched, after they are
@@ -138,15 +141,18 @@ impl Engine {
     /// Pushes everything pending, then pulls until the server has no more.
     pub async fn round(&self) -> Result<RoundReport, SyncError> {
         let mut report = RoundReport::default();
+        let mut too_large = HashSet::new();
         // Applying remote changes can log local ones (a merge, a kept
         // directory, a renamed collision); those go out in the same round.
         for _ in 0..MAX_CONFLICT_ROUNDS {
-            report.pushed += self.push_all().await?;
+            report.pushed += self.push_all(&mut too_large).await?;
             report.pulled += self.pull_all().await?;
-            if with_store(&self.store, |store| store.pending_count()).await? == 0 {
+            let pending = with_store(&self.store, |store| store.pending_count()).await?;
+            if pending <= too_large.len() as u64 {
                 break;
             }
         }
+        report.too_large = Some(too_large.len());
         with_store(&self.store, |store| store.record_sync_success()).await?;
         Ok(report)
     }
@@ -177,16 +183,35 @@ impl Engine {
         with_store(&self.store, move |store| store.record_sync_error(&message)).await
     }
 
-    async fn push_all(&self) -> Result<usize, SyncError> {
+    /// Pushes the pending documents, except those larger than the server
+    /// accepts: they go into `too_large` and stay pending, so that one huge
+    /// file does not hold back every other change.
+    async fn push_all(&self, too_large: &mut HashSet<NodeId>) -> Result<usize, SyncError> {
         let mut pushed = 0;
         let mut conflict_rounds = 0;
         loop {
-            let pending = with_store(&self.store, |store| {
-                store.pending_documents(PUSH_BATCH_DOCUMENTS)
+            let skip = too_large.clone();
+            let mut pending = with_store(&self.store, move |store| {
+                store.pending_documents(PUSH_BATCH_DOCUMENTS, &skip)
             })
             .await?;
+            let fetched = pending.len();
+            pending.retain(|document| {
+                let fits = document.sealed.len() <= protocol::MAX_DOCUMENT_BYTES;
+                if !fits && too_large.insert(document.id) {
+                    log::debug!(
+                        "a document of {} bytes exceeds the server's limit and stays pending",
+                        document.sealed.len()
+                    );
+                }
+                fits
+            });
             if pending.is_empty() {
-                return Ok(pushed);
+                if fetched == 0 {
+                    return Ok(pushed);
+                }
+                // Every document fetched was too large; look past them.
+                continue;
             }
             let batch = Self::cut_batch(pending);
             self.upload_blocks(&batch).await?;

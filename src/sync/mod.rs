@@ -62,6 +62,10 @@ pub struct SyncStatus {
     /// Blocks uploaded since the daemon started; blocks the server already
     /// has (dedup by block id) are not sent again.
     pub blocks_uploaded: u64,
+    /// Files the last round left pending because their documents exceed the
+    /// server's size limit.
+    #[serde(default)]
+    pub too_large: u64,
     /// Rounds and long-polls that failed in a row, reset to 0 by a success.
     #[serde(default)]
     pub failures: u32,
@@ -84,6 +88,15 @@ pub struct SyncErrorReport {
     pub message: String,
     /// False when the loop stopped retrying on its own, as for a revoked token.
     pub retrying: bool,
+}
+
+/// Returns the message that explains files too large to sync.
+pub fn too_large_message(count: u64) -> String {
+    format!(
+        "{count} files cannot sync and stay pending: a file's list of blocks must fit in one \
+         {} MiB document, which holds about 7 GiB of file data (an estimate); split or shrink them",
+        crate::protocol::MAX_DOCUMENT_BYTES / (1024 * 1024)
+    )
 }
 
 fn unix_now() -> u64 {
@@ -270,7 +283,11 @@ impl SyncLoop {
             match event {
                 Event::Wake | Event::BackoffOver => round_due = true,
                 Event::Polled(Ok(pulled)) => {
-                    let report = RoundReport { pushed: 0, pulled };
+                    let report = RoundReport {
+                        pushed: 0,
+                        pulled,
+                        too_large: None,
+                    };
                     failures = self.record(Ok(report), failures).await;
                     // Applying remote changes can leave merges to push.
                     round_due = pulled > 0;
@@ -353,6 +370,16 @@ impl SyncLoop {
                 }
                 status.pushed_total += report.pushed as u64;
                 status.pulled_total += report.pulled as u64;
+                if let Some(too_large) = report.too_large {
+                    let too_large = too_large as u64;
+                    if too_large > status.too_large {
+                        log::warn!(
+                            "{too_large} files are too large to sync and stay pending; \
+                             see `syn status`"
+                        );
+                    }
+                    status.too_large = too_large;
+                }
                 status.last_sync = Some(unix_now());
                 status.last_error = None;
                 status.failures = 0;
