@@ -93,8 +93,9 @@ fn pending(device: &Device) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-#[test]
-fn stalled_server_times_out_then_recovers() {
+/// A server, a proxy in front of it, device A that syncs through the proxy
+/// and device B that syncs directly, both mounted.
+fn pair_behind_proxy() -> (Server, FaultProxy, Device, Device) {
     let server = Server::start();
     let token = server.add_account("alice");
     let proxy = FaultProxy::start(&server);
@@ -102,6 +103,12 @@ fn stalled_server_times_out_then_recovers() {
     let mut b = Device::join(&server, &token, "B");
     a.mount();
     b.mount();
+    (server, proxy, a, b)
+}
+
+#[test]
+fn stalled_server_times_out_then_recovers() {
+    let (_server, proxy, a, b) = pair_behind_proxy();
 
     proxy.set(Fault::Stall);
     fs::write(a.path("stalled.txt"), b"written while the server stalls").unwrap();
@@ -139,13 +146,7 @@ fn stalled_server_times_out_then_recovers() {
 
 #[test]
 fn backoff_grows_and_shows_in_status() {
-    let server = Server::start();
-    let token = server.add_account("alice");
-    let proxy = FaultProxy::start(&server);
-    let mut a = Device::create_at(&proxy.url, &token, "A");
-    let mut b = Device::join(&server, &token, "B");
-    a.mount();
-    b.mount();
+    let (_server, proxy, a, b) = pair_behind_proxy();
     wait_until("A's first sync", || {
         a.status_json()["sync"]["last_sync"].is_u64()
     });
@@ -276,13 +277,7 @@ fn backoff_grows_and_shows_in_status() {
 /// timeout, and the change stays queued for the next mount.
 #[test]
 fn unmount_during_stall_keeps_its_timeout() {
-    let server = Server::start();
-    let token = server.add_account("alice");
-    let proxy = FaultProxy::start(&server);
-    let mut a = Device::create_at(&proxy.url, &token, "A");
-    let mut b = Device::join(&server, &token, "B");
-    a.mount();
-    b.mount();
+    let (_server, proxy, mut a, b) = pair_behind_proxy();
 
     proxy.set(Fault::Stall);
     fs::write(a.path("queued.txt"), b"queued while the server stalls").unwrap();

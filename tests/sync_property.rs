@@ -526,25 +526,8 @@ impl World {
     fn write(&mut self, device: usize, path: &str, append: bool, large: bool) {
         let addition = self.new_content(device, large);
         let core = &self.devices[device].core;
-        let Some((parent, name)) = resolve_parent(core, path) else {
+        let Some((ino, handle, old)) = open_for_write(core, path) else {
             return;
-        };
-
-        let (ino, handle, old) = match core.lookup(parent, name.as_bytes()) {
-            Ok(attr) if attr.kind == NodeKind::File => {
-                let old = read_file(core, attr.ino);
-                let handle = core.open(attr.ino).expect("an existing file opens");
-                (attr.ino, handle, Some(old))
-            }
-            Ok(_) => return,
-            Err(FsError::NotFound) => {
-                let Ok((attr, handle)) = core.create(parent, name.as_bytes(), 0o644, ROOT_USER)
-                else {
-                    return;
-                };
-                (attr.ino, handle, None)
-            }
-            Err(error) => panic!("lookup of {path} failed: {error:?}"),
         };
 
         let mut content = Vec::new();
@@ -577,30 +560,16 @@ impl World {
     fn write_across_sync(&mut self, device: usize, path: &str) {
         let content = self.new_content(device, false);
         let core = self.devices[device].core.clone();
-        let Some((parent, name)) = resolve_parent(&core, path) else {
+        let Some((ino, handle, old)) = open_for_write(&core, path) else {
             return;
         };
-        let (ino, handle, old) = match core.lookup(parent, name.as_bytes()) {
-            Ok(attr) if attr.kind == NodeKind::File => {
-                let old = read_file(&core, attr.ino);
-                let handle = core.open(attr.ino).expect("an existing file opens");
-                let truncate = SetAttr {
-                    size: Some(0),
-                    ..SetAttr::default()
-                };
-                core.setattr(attr.ino, truncate).expect("truncate succeeds");
-                (attr.ino, handle, Some(old))
-            }
-            Ok(_) => return,
-            Err(FsError::NotFound) => {
-                let Ok((attr, handle)) = core.create(parent, name.as_bytes(), 0o644, ROOT_USER)
-                else {
-                    return;
-                };
-                (attr.ino, handle, None)
-            }
-            Err(error) => panic!("lookup of {path} failed: {error:?}"),
-        };
+        if old.is_some() {
+            let truncate = SetAttr {
+                size: Some(0),
+                ..SetAttr::default()
+            };
+            core.setattr(ino, truncate).expect("truncate succeeds");
+        }
         core.write(ino, 0, &content).expect("write succeeds");
 
         let _ = self.devices[device].sync(None);
@@ -708,6 +677,28 @@ fn resolve_parent<'a>(core: &FsCore, path: &'a str) -> Option<(u64, &'a str)> {
         directory = attr.ino;
     }
     Some((directory, name))
+}
+
+/// Opens the file at `path`, creating it if it is missing, and returns its
+/// inode, the handle and its content before the write (`None` for a new
+/// file). Returns `None` when the path cannot hold a file.
+fn open_for_write(core: &FsCore, path: &str) -> Option<(u64, u64, Option<Vec<u8>>)> {
+    let (parent, name) = resolve_parent(core, path)?;
+    match core.lookup(parent, name.as_bytes()) {
+        Ok(attr) if attr.kind == NodeKind::File => {
+            let old = read_file(core, attr.ino);
+            let handle = core.open(attr.ino).expect("an existing file opens");
+            Some((attr.ino, handle, Some(old)))
+        }
+        Ok(_) => None,
+        Err(FsError::NotFound) => {
+            let (attr, handle) = core
+                .create(parent, name.as_bytes(), 0o644, ROOT_USER)
+                .ok()?;
+            Some((attr.ino, handle, None))
+        }
+        Err(error) => panic!("lookup of {path} failed: {error:?}"),
+    }
 }
 
 fn read_file(core: &FsCore, ino: u64) -> Vec<u8> {
