@@ -173,3 +173,50 @@ fn mapped_writes_become_conflict_copy() {
         );
     }
 }
+
+/// A program holding the file open for appending writes after B's change
+/// lands. The kernel places the append at the size it knew, so writing it
+/// into B's version would overwrite part of it; A's version becomes the
+/// conflict copy instead.
+#[test]
+fn append_after_remote_change_becomes_conflict_copy() {
+    let _serial = one_at_a_time();
+    let (_server, _token, a, b) = common::mounted_pair();
+    fs::write(a.path("log.txt"), b"base\n").unwrap();
+    wait_until("the file on B", || {
+        read_if_exists(&b.path("log.txt")).as_deref() == Some(b"base\n")
+    });
+    settle(&[&a, &b]);
+
+    let pulled_before = pulled_total(&a);
+    let mut appender = fs::OpenOptions::new()
+        .append(true)
+        .open(a.path("log.txt"))
+        .unwrap();
+    fs::write(b.path("log.txt"), b"B wrote a longer line\n").unwrap();
+    wait_until("B to push its version", || {
+        b.status_from_socket()["pending_changes"].as_u64() == Some(0)
+    });
+    wait_until("B's change to reach A", || pulled_total(&a) > pulled_before);
+    appender.write_all(b"A appended\n").unwrap();
+    drop(appender);
+
+    settle(&[&a, &b]);
+    for device in [&a, &b] {
+        let names = names_in(device);
+        assert_eq!(
+            fs::read(device.path("log.txt")).unwrap(),
+            b"B wrote a longer line\n",
+            "B's version keeps the name: {names:?}"
+        );
+        let copy = names
+            .iter()
+            .find(|name| name.starts_with("log (conflict "))
+            .unwrap_or_else(|| panic!("a conflict copy exists: {names:?}"));
+        assert_eq!(
+            fs::read(device.path(copy)).unwrap(),
+            b"base\nA appended\n",
+            "A's append is in the conflict copy"
+        );
+    }
+}

@@ -687,7 +687,7 @@ fn open_for_write(core: &FsCore, path: &str) -> Option<(u64, u64, Option<Vec<u8>
     match core.lookup(parent, name.as_bytes()) {
         Ok(attr) if attr.kind == NodeKind::File => {
             let old = read_file(core, attr.ino);
-            let handle = core.open(attr.ino).expect("an existing file opens");
+            let handle = core.open(attr.ino, true).expect("an existing file opens");
             Some((attr.ino, handle, Some(old)))
         }
         Ok(_) => None,

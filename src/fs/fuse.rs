@@ -311,7 +311,8 @@ impl Filesystem for SynFs {
             reply.error(Errno::EINVAL);
             return;
         }
-        match self.core.open(ino.0) {
+        let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        match self.core.open(ino.0, writable) {
             Ok(handle) => reply.opened(FileHandle(handle), FopenFlags::empty()),
             Err(error) => reply.error(errno(&error)),
         }

@@ -125,7 +125,8 @@ pub struct Caller {
 #[derive(Default)]
 struct FsState {
     open_files: HashMap<u64, OpenFile>,
-    file_handles: HashMap<u64, u64>,
+    /// Open file handles: the inode, and whether the handle may write.
+    file_handles: HashMap<u64, (u64, bool)>,
     /// Open directories: their inode and the snapshot of their entries.
     directory_handles: HashMap<u64, (u64, Vec<DirEntry>)>,
     next_handle: u64,
@@ -438,7 +439,7 @@ impl FsCore {
         caller: Caller,
     ) -> FsResult<(Attr, u64)> {
         let attr = self.create_node(parent, name, NewNode::plain(NodeKind::File, mode), caller)?;
-        let handle = self.open(attr.ino)?;
+        let handle = self.open(attr.ino, true)?;
         Ok((attr, handle))
     }
 
@@ -728,8 +729,9 @@ impl FsCore {
     }
 
     /// Opens a file and returns a new handle; all handles of one inode share
-    /// one working copy.
-    pub fn open(&self, ino: u64) -> FsResult<u64> {
+    /// one working copy. `writable` is true unless the file was opened
+    /// read-only.
+    pub fn open(&self, ino: u64, writable: bool) -> FsResult<u64> {
         let mut state = self.state();
         let store = self.store();
         let row = Self::live_node(&store, ino)?;
@@ -749,8 +751,11 @@ impl FsCore {
             )
         });
         open.handles += 1;
+        if writable {
+            open.writers += 1;
+        }
         let handle = state.new_handle();
-        state.file_handles.insert(handle, ino);
+        state.file_handles.insert(handle, (ino, writable));
         Ok(handle)
     }
 
@@ -847,7 +852,7 @@ impl FsCore {
 
     pub fn release(&self, handle: u64) -> FsResult<()> {
         let mut state = self.state();
-        let ino = state
+        let (ino, writable) = state
             .file_handles
             .remove(&handle)
             .ok_or(FsError::BadHandle)?;
@@ -859,6 +864,9 @@ impl FsCore {
         // The handle closes even when the commit fails; the program sees the
         // error from close, as with a local disk that fills up.
         open.handles = open.handles.saturating_sub(1);
+        if writable {
+            open.writers = open.writers.saturating_sub(1);
+        }
         if open.handles == 0 {
             state.open_files.remove(&ino);
         }
@@ -871,14 +879,17 @@ impl FsCore {
 
     /// Brings the working copy of an open file up to a remote change that
     /// the sync task applied, unless it has local writes of its own (those
-    /// become a conflict copy when committed). Returns true when it replaced
+    /// become a conflict copy when committed) or a handle that may write.
+    /// Such a handle's next write is based on the old content: an append
+    /// goes at the old size the kernel knows, and a write at an offset was
+    /// computed from what the program read. Returns true when it replaced
     /// the working copy.
     pub fn refresh_after_remote_change(&self, ino: u64) -> FsResult<bool> {
         let mut state = self.state();
         let Some(open) = state.open_files.get_mut(&ino) else {
             return Ok(false);
         };
-        if open.dirty {
+        if open.dirty || open.writers > 0 {
             return Ok(false);
         }
         let store = self.store();

@@ -20,6 +20,9 @@ const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 pub struct OpenFile {
     pub id: NodeId,
     pub handles: u32,
+    /// Handles opened for writing; while any is open, remote changes do
+    /// not replace the working copy.
+    pub writers: u32,
     pub content: Content,
     pub mtime: Timestamp,
     /// Blocks written since the last commit, by index; shorter than a block
@@ -39,6 +42,7 @@ impl OpenFile {
         OpenFile {
             id,
             handles: 0,
+            writers: 0,
             committed_content: content.clone(),
             content,
             mtime,
