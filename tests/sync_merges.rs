@@ -251,6 +251,50 @@ fn offline_swap_of_two_names_syncs_as_a_swap() {
 }
 
 #[test]
+fn swap_on_one_and_edit_on_other_combine() {
+    let mut pair = pair();
+    fs::write(pair.a.path("f1"), b"x").unwrap();
+    fs::write(pair.a.path("f2"), b"y").unwrap();
+    wait_until("both files on B", || pair.b.path("f2").exists());
+    converge(&pair);
+
+    pair.server.stop();
+    fs::rename(pair.a.path("f1"), pair.a.path("tmp")).unwrap();
+    fs::rename(pair.a.path("f2"), pair.a.path("f1")).unwrap();
+    fs::rename(pair.a.path("tmp"), pair.a.path("f2")).unwrap();
+    fs::write(pair.b.path("f1"), b"x edited on B").unwrap();
+    pair.b.unmount();
+    // A pushes the swap first, so B's push of its edit conflicts, and B
+    // takes in the server's version of that one file before the rest of
+    // the swap reaches it.
+    pair.server.restart();
+    wait_until("A to push the swap", || pending(&pair.a) == 0);
+    let output = pair.b.sync();
+    assert!(
+        output.status.success(),
+        "B syncs: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    pair.b.mount();
+
+    converge(&pair);
+    for device in [&pair.a, &pair.b] {
+        let files = tree(device);
+        assert_eq!(files.len(), 2, "no conflict copies: {files:?}");
+        assert_eq!(
+            read_if_exists(&device.path("f2")).as_deref(),
+            Some(&b"x edited on B"[..]),
+            "the moved file has B's edit: {files:?}"
+        );
+        assert_eq!(
+            read_if_exists(&device.path("f1")).as_deref(),
+            Some(&b"y"[..]),
+            "f1 holds y: {files:?}"
+        );
+    }
+}
+
+#[test]
 fn delete_on_one_and_rename_on_other_keeps_the_file() {
     let mut pair = pair();
     fs::write(pair.a.path("moving.txt"), b"keep me").unwrap();

@@ -284,6 +284,12 @@ impl Engine {
     /// Merges the server's current versions into the local ones, so the next
     /// push is based on them.
     async fn absorb_conflict(&self, current: Vec<Document>) -> Result<(), SyncError> {
+        // Pull first: the conflicting documents may have changed together
+        // with others (a swap of two names), and applying them alone would
+        // make their names collide with the others' old places. What the
+        // pull already applied is skipped below as not newer.
+        self.pull_all().await?;
+
         let mut documents = Vec::new();
         for document in &current {
             match parse_document(document)? {
