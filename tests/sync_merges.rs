@@ -138,6 +138,62 @@ fn deleted_directory_keeps_a_file_added_elsewhere() {
     }
 }
 
+/// Deletes the tree `p` on A while B moves its folder `q` and its file
+/// out of it, all while the server is down. `first` is the device that
+/// pushes first once the server is back; the other is unmounted until it
+/// has synced once in the foreground.
+fn delete_tree_while_moving_out_of_it(first: &str) {
+    let mut pair = pair();
+    fs::create_dir_all(pair.a.path("p/q")).unwrap();
+    fs::write(pair.a.path("p/q/one"), b"1").unwrap();
+    fs::write(pair.a.path("p/q/two"), b"2").unwrap();
+    fs::write(pair.a.path("p/file"), b"f").unwrap();
+    wait_until("the tree on B", || pair.b.path("p/file").exists());
+    converge(&pair);
+
+    pair.server.stop();
+    fs::remove_dir_all(pair.a.path("p")).unwrap();
+    fs::rename(pair.b.path("p/q"), pair.b.path("q2")).unwrap();
+    fs::rename(pair.b.path("p/file"), pair.b.path("file2")).unwrap();
+    let (pusher, later) = if first == "A" {
+        (&pair.a, &mut pair.b)
+    } else {
+        (&pair.b, &mut pair.a)
+    };
+    later.unmount();
+    pair.server.restart();
+    wait_until("the first device to push", || pending(pusher) == 0);
+    let output = later.sync();
+    assert!(
+        output.status.success(),
+        "the later device syncs: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    later.mount();
+
+    converge(&pair);
+    for device in [&pair.a, &pair.b] {
+        let files = tree(device);
+        let expected = [
+            ("file2".to_string(), b"f".to_vec()),
+            ("q2/".to_string(), Vec::new()),
+            ("q2/one".to_string(), b"1".to_vec()),
+            ("q2/two".to_string(), b"2".to_vec()),
+        ];
+        assert_eq!(files, expected, "the moved folder keeps its files");
+    }
+}
+
+#[test]
+fn moved_folder_survives_tree_deletion_pushed_first() {
+    delete_tree_while_moving_out_of_it("A");
+}
+
+#[test]
+fn moved_folder_survives_tree_deletion_pushed_later() {
+    delete_tree_while_moving_out_of_it("B");
+}
+
 #[test]
 fn same_name_created_on_both_keeps_both() {
     let mut pair = pair();

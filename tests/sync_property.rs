@@ -96,6 +96,7 @@ enum Operation {
         path: String,
         mode: u32,
     },
+    /// Removes a file, or a directory with everything in it.
     Remove {
         device: usize,
         path: String,
@@ -219,14 +220,16 @@ async fn relay(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
         .lock()
         .expect("the fault plan lock is not poisoned")
         .next_request();
-    if fault == Some(FaultKind::Refuse) {
-        return injected_failure();
-    }
-
+    // The body is read even for a refused request. A reply sent before the
+    // body is read can make hyper close the connection, and the client's
+    // next request on that pooled connection then fails as a network error.
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
         return injected_failure();
     };
+    if fault == Some(FaultKind::Refuse) {
+        return injected_failure();
+    }
     let path = parts
         .uri
         .path_and_query()
@@ -589,7 +592,19 @@ impl World {
         };
         match core.lookup(parent, name.as_bytes()) {
             Ok(attr) if attr.kind == NodeKind::Directory => {
-                let _ = core.rmdir(parent, name.as_bytes());
+                // As `rm -rf` does: the entries first, then the directory.
+                let handle = core.opendir(attr.ino).expect("a directory opens");
+                let listing = core.readdir(handle, 0).expect("a directory lists");
+                core.releasedir(handle);
+                for entry in listing {
+                    if entry.name != b"." && entry.name != b".." {
+                        let child = format!("{path}/{}", String::from_utf8_lossy(&entry.name));
+                        self.remove(device, &child);
+                    }
+                }
+                let core = &self.devices[device].core;
+                core.rmdir(parent, name.as_bytes())
+                    .expect("rmdir of an emptied directory succeeds");
             }
             Ok(attr) => {
                 let old = read_file(core, attr.ino);

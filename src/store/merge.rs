@@ -29,6 +29,23 @@ fn content(doc: &NodeDoc) -> (&super::Content, &[u8], super::Timestamp) {
     (&doc.content, &doc.target, doc.mtime)
 }
 
+/// Returns true when `doc` differs from `base` in more than its times. A
+/// directory's times change whenever an entry comes or goes, as when the
+/// other device moves files out of a directory this one deletes, and that
+/// must not keep the directory alive.
+fn changed_beyond_times(base: &NodeDoc, doc: &NodeDoc) -> bool {
+    let without_times = |doc: &NodeDoc| {
+        let mut doc = doc.clone();
+        doc.atime = Default::default();
+        doc.ctime = Default::default();
+        if doc.kind == NodeKind::Directory {
+            doc.mtime = Default::default();
+        }
+        doc
+    };
+    without_times(base) != without_times(doc)
+}
+
 /// Merges field groups (location, attributes, content) independently: a
 /// group changed on one side only takes that side's value. Content changed
 /// on both sides keeps the remote content in the node and the local one in
@@ -42,8 +59,8 @@ pub fn merge(base: Option<&NodeDoc>, local: &NodeDoc, remote: &NodeDoc) -> Merge
     let remote_changed_content = base.is_none_or(|base| content(base) != content(remote));
     // Any change (content, a rename, a chmod) wins over a deletion, so a
     // deletion never takes away what the other device still worked on.
-    let local_changed = base.is_none_or(|base| base != local);
-    let remote_changed = base.is_none_or(|base| base != remote);
+    let local_changed = base.is_none_or(|base| changed_beyond_times(base, local));
+    let remote_changed = base.is_none_or(|base| changed_beyond_times(base, remote));
 
     match (local.kind, remote.kind) {
         (NodeKind::Deleted, NodeKind::Deleted) => return keep(remote),

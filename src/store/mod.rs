@@ -523,6 +523,18 @@ fn free_conflict_name(
     }
 }
 
+/// The sealed document the server last had for node `id`, if any.
+fn sealed_base(connection: &Connection, id: &NodeId) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(connection
+        .query_row(
+            "SELECT base FROM nodes WHERE id = ?1",
+            [id.0.as_slice()],
+            |row| row.get(0),
+        )
+        .optional()?
+        .flatten())
+}
+
 /// The sealed document of node `id`, if the store has the node.
 fn sealed_document(connection: &Connection, id: &NodeId) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(connection

@@ -10,8 +10,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use super::merge::merge;
 use super::node::{NodeDoc, NodeKind};
 use super::{
-    DATABASE_FILE, Store, StoreError, free_conflict_name, ino_of, node_at, sealed_document,
-    write_node, write_node_tagged,
+    DATABASE_FILE, Store, StoreError, free_conflict_name, ino_of, node_at, sealed_base,
+    sealed_document, write_node, write_node_tagged,
 };
 use crate::crypto::{BlockId, NodeId};
 
@@ -364,6 +364,7 @@ impl Store {
             store_dir: &self.dir,
             keys: &self.keys,
             device: &device,
+            restored: Vec::new(),
         };
         // Documents are written first without their name tags, then placed,
         // so a page that frees a name and takes it again (a safe save's
@@ -372,9 +373,21 @@ impl Store {
         for (document, remote) in opened {
             staged.extend(context.stage(document, remote, &mut conflicts)?);
         }
+        let deleted_directories: Vec<(NodeId, u64, NodeDoc)> = staged
+            .iter()
+            .filter(|node| node.doc.is_deleted())
+            .filter_map(|node| match &node.local {
+                Some(local) if local.kind == NodeKind::Directory => {
+                    Some((node.id, node.ino, local.clone()))
+                }
+                _ => None,
+            })
+            .collect();
         for node in staged {
             applied.push(context.place(node)?);
         }
+        context.keep_directories_with_entries(deleted_directories)?;
+        applied.append(&mut context.restored);
         set_meta_u64(&transaction, "cursor", cursor)?;
         if conflicts > 0 {
             let total = meta_u64(&transaction, "conflicts")?.unwrap_or(0) + conflicts;
@@ -390,6 +403,8 @@ struct ApplyContext<'a> {
     store_dir: &'a PathBuf,
     keys: &'a crate::crypto::VaultKeys,
     device: &'a str,
+    /// Nodes that a kept directory brought back, for invalidation.
+    restored: Vec<AppliedChange>,
 }
 
 /// A remote change written but not yet placed in the name indexes.
@@ -602,12 +617,17 @@ impl ApplyContext<'_> {
     /// Puts a staged node into the name indexes, resolving a name collision
     /// that remains once the whole page is applied.
     fn place(&mut self, mut node: StagedNode) -> Result<AppliedChange, StoreError> {
-        let kept = self.keep_directory_with_new_entries(&mut node)?;
+        let kept = self.keep_child_of_kept_directory(&mut node)?;
         let undone = self.undo_move_into_itself(&mut node)?;
         let renamed = self.place_without_collision(&node.id, &mut node.doc)?;
         write_node(self.transaction, self.keys, &node.id, &node.doc)?;
         if (kept || undone || renamed) && !node.logged {
             self.log_change(&node.id)?;
+        }
+        let revived = node.local.as_ref().is_some_and(|local| local.is_deleted())
+            && node.doc.kind == NodeKind::Directory;
+        if revived {
+            self.restore_deleted_children(&node.id)?;
         }
         let mut entries = node.old_entries;
         entries.extend(self.entries_of(&node.doc)?);
@@ -617,21 +637,54 @@ impl ApplyContext<'_> {
         })
     }
 
-    /// Keeps a directory that another device deleted while this device
-    /// added entries to it, so those entries stay reachable; the kept
-    /// directory is pushed back. Returns true when it kept the directory.
-    fn keep_directory_with_new_entries(
+    /// Keeps each directory among `deleted` (deleted by this page, alive
+    /// here before it, as id, inode and local document) that still holds
+    /// entries once the whole page is placed: entries added here, or moved
+    /// into it by the merge. The kept directory is pushed back. It runs after
+    /// placement, so the order of the page does not matter, and it repeats
+    /// because a kept directory is itself an entry of its parent.
+    fn keep_directories_with_entries(
         &mut self,
-        node: &mut StagedNode,
-    ) -> Result<bool, StoreError> {
-        let Some(local) = &node.local else {
-            return Ok(false);
-        };
-        if !node.doc.is_deleted() || local.kind != NodeKind::Directory {
-            return Ok(false);
+        mut deleted: Vec<(NodeId, u64, NodeDoc)>,
+    ) -> Result<(), StoreError> {
+        loop {
+            let mut kept_any = false;
+            let mut still_deleted = Vec::new();
+            for (id, ino, local) in deleted {
+                let current = match sealed_document(self.transaction, &id)? {
+                    Some(sealed) => self.open_doc(&id, &sealed)?,
+                    None => continue,
+                };
+                if !current.is_deleted() {
+                    continue;
+                }
+                if !self.has_entries(&id)? {
+                    still_deleted.push((id, ino, local));
+                    continue;
+                }
+                log::warn!(
+                    "a directory deleted on another device still holds entries here; it was kept"
+                );
+                let mut doc = local;
+                self.place_without_collision(&id, &mut doc)?;
+                write_node(self.transaction, self.keys, &id, &doc)?;
+                self.log_change(&id)?;
+                self.restored.push(AppliedChange {
+                    ino,
+                    entries: self.entries_of(&doc)?,
+                });
+                kept_any = true;
+            }
+            if !kept_any {
+                return Ok(());
+            }
+            deleted = still_deleted;
         }
-        let tag = self.keys.directory_tag(&node.id);
-        let has_entries = self
+    }
+
+    fn has_entries(&self, directory: &NodeId) -> Result<bool, StoreError> {
+        let tag = self.keys.directory_tag(directory);
+        Ok(self
             .transaction
             .query_row(
                 "SELECT 1 FROM entries WHERE directory_tag = ?1 LIMIT 1",
@@ -639,14 +692,86 @@ impl ApplyContext<'_> {
                 |_| Ok(()),
             )
             .optional()?
-            .is_some();
-        if has_entries {
-            log::warn!(
-                "a directory deleted on another device still holds entries here; it was kept"
-            );
-            node.doc = local.clone();
+            .is_some())
+    }
+
+    /// Keeps a node that another device deleted, untouched here, when this
+    /// device kept its directory against the same deletion (it moved or
+    /// changed the directory): a directory that survives a deletion
+    /// survives with what it contains. Returns true when it kept the node.
+    ///
+    /// NOTE: this finds the directory's deletion only when it was applied no
+    /// later than the node's, as within one page of changes. Children whose
+    /// deletions arrive in an earlier page than their directory's (a tree
+    /// of more than 500 nodes) are still deleted.
+    fn keep_child_of_kept_directory(&mut self, node: &mut StagedNode) -> Result<bool, StoreError> {
+        let Some(local) = &node.local else {
+            return Ok(false);
+        };
+        if !node.doc.is_deleted() || local.is_deleted() || local.parent == NodeId::ROOT {
+            return Ok(false);
         }
-        Ok(has_entries)
+        let (Some(directory), Some(remote_directory)) = (
+            sealed_document(self.transaction, &local.parent)?,
+            sealed_base(self.transaction, &local.parent)?,
+        ) else {
+            return Ok(false);
+        };
+        let directory = self.open_doc(&local.parent, &directory)?;
+        let remote_directory = self.open_doc(&local.parent, &remote_directory)?;
+        if directory.is_deleted() || !remote_directory.is_deleted() {
+            return Ok(false);
+        }
+        log::warn!(
+            "another device deleted a directory that this device kept; its entries were kept too"
+        );
+        node.doc = local.clone();
+        Ok(true)
+    }
+
+    /// Brings back the entries of `directory` that this device deleted and
+    /// has not pushed yet, after the directory itself came back because
+    /// another device changed it: the deletion of a tree lost to that
+    /// change as a whole. Restored directories bring back their own entries.
+    fn restore_deleted_children(&mut self, directory: &NodeId) -> Result<(), StoreError> {
+        let mut directories = vec![*directory];
+        while let Some(directory) = directories.pop() {
+            let rows: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = self
+                .transaction
+                .prepare_cached(
+                    "SELECT id, document, base FROM nodes
+                     WHERE base IS NOT NULL AND id IN (SELECT node FROM changes)",
+                )?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            for (id, sealed, base) in rows {
+                let Some(id) = NodeId::from_slice(&id) else {
+                    continue;
+                };
+                if !self.open_doc(&id, &sealed)?.is_deleted() {
+                    continue;
+                }
+                let mut doc = self.open_doc(&id, &base)?;
+                if doc.is_deleted() || doc.parent != directory {
+                    continue;
+                }
+                let renamed = self.place_without_collision(&id, &mut doc)?;
+                let ino = write_node(self.transaction, self.keys, &id, &doc)?;
+                if !renamed {
+                    // Back to the version the server has: nothing to push.
+                    self.transaction
+                        .execute("DELETE FROM changes WHERE node = ?1", [id.0.as_slice()])?;
+                }
+                if doc.kind == NodeKind::Directory {
+                    directories.push(id);
+                }
+                self.restored.push(AppliedChange {
+                    ino,
+                    entries: self.entries_of(&doc)?,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Undoes a remote move of a directory into its own subtree (two
