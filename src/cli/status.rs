@@ -85,11 +85,8 @@ fn print_daemon_status(status: &DaemonStatus, as_json: bool) {
                 } else {
                     "not retrying"
                 };
-                println!(
-                    "Last error:  {} at {} ({retry})",
-                    error.message,
-                    describe_time(error.time)
-                );
+                println!("Last error:  {} ({retry})", describe_time(error.time));
+                println!("             {}", error.message);
             }
             if sync.failures > 0 {
                 let next = match sync.next_retry_at_ms {

@@ -166,7 +166,15 @@ impl Daemon {
         {
             match self.sync_now(timeout) {
                 Err(error) => {
-                    warning = Some(format!("pending changes were not all pushed: {error}"));
+                    let pending = lock_store(&self.store).pending_count().unwrap_or(0);
+                    warning = Some(if pending == 0 {
+                        format!("the last sync before unmounting failed: {error}")
+                    } else {
+                        format!(
+                            "the last sync before unmounting failed, and {pending} changes stay \
+                             queued for the next mount: {error}"
+                        )
+                    });
                 }
                 Ok(report) if report.too_large.unwrap_or(0) > 0 => {
                     let count = report.too_large.unwrap_or(0) as u64;
