@@ -98,6 +98,11 @@ pub struct ChangesPage {
     pub cursor: u64,
     /// True when more changes follow this page.
     pub more: bool,
+    /// The vault's current generation. A client whose cursor is above it
+    /// talks to a server that lost changes, such as one restored from an
+    /// older copy. Absent from servers that predate the field.
+    #[serde(default)]
+    pub latest: Option<u64>,
 }
 
 /// One write in a push batch.

@@ -481,3 +481,58 @@ fn forged_document_is_skipped_and_sync_goes_on() {
         "the skipped document is not a sync failure"
     );
 }
+
+/// Copies the server's database files (the database, its WAL and shared
+/// memory file) from `from` to `to`, replacing what `to` had.
+fn copy_server_database(from: &std::path::Path, to: &std::path::Path) {
+    fs::create_dir_all(to).unwrap();
+    for name in ["server.db", "server.db-wal", "server.db-shm"] {
+        let _ = fs::remove_file(to.join(name));
+        if from.join(name).exists() {
+            fs::copy(from.join(name), to.join(name)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn server_restored_from_older_copy_is_reported() {
+    let (mut server, a, b) = two_devices();
+    fs::write(a.path("before-backup.txt"), b"in the backup").unwrap();
+    wait_until("the first file on B", || {
+        b.path("before-backup.txt").exists()
+    });
+    settle(&[&a, &b]);
+
+    server.stop();
+    let backup = common::temp_dir();
+    copy_server_database(&server.data, backup.path());
+    server.restart();
+    // Three pushes after the backup, so that the one push after the restore
+    // leaves the server's generation below the devices' cursors.
+    for index in 0..3 {
+        let name = format!("after-backup-{index}.txt");
+        fs::write(a.path(&name), b"not in the backup").unwrap();
+        wait_until("the file on B", || b.path(&name).exists());
+        settle(&[&a, &b]);
+    }
+
+    server.stop();
+    copy_server_database(backup.path(), &server.data);
+    server.restart();
+    fs::write(a.path("after-restore.txt"), b"pushed to the old copy").unwrap();
+    for device in [&a, &b] {
+        wait_until("the device to report the older server", || {
+            last_error(device).is_some_and(|message| message.contains("older copy"))
+        });
+        let status = device.status_json();
+        assert_eq!(
+            status["sync"]["last_error"]["retrying"],
+            serde_json::json!(false),
+            "sync stops instead of going on with the old state: {status}"
+        );
+    }
+    assert!(
+        !b.path("after-restore.txt").exists(),
+        "B took nothing from the older server"
+    );
+}

@@ -469,6 +469,7 @@ async fn changes(
                 documents: encode_documents(page.documents),
                 cursor,
                 more: page.more,
+                latest: Some(page.latest),
             };
             Ok(EncodedPage {
                 empty: reply.documents.is_empty(),

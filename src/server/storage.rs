@@ -137,6 +137,8 @@ pub enum PushResult {
 pub struct ChangesPage {
     pub documents: Vec<StoredDocument>,
     pub more: bool,
+    /// The account's current generation.
+    pub latest: u64,
 }
 
 /// A failure inside the database.
@@ -558,6 +560,11 @@ impl Storage for SqliteStorage {
     ) -> Result<ChangesPage, StorageError> {
         let mut connection = self.lock()?;
         let transaction = connection.transaction()?;
+        let latest = generation_from_sql(transaction.query_row(
+            "SELECT generation FROM accounts WHERE id = ?1",
+            [account],
+            |row| row.get(0),
+        )?)?;
 
         // First pass without the ciphertext: find the last generation of the
         // page so that it ends on a batch boundary.
@@ -620,6 +627,7 @@ impl Storage for SqliteStorage {
             return Ok(ChangesPage {
                 documents: Vec::new(),
                 more: false,
+                latest,
             });
         };
 
@@ -642,7 +650,11 @@ impl Storage for SqliteStorage {
             });
         }
 
-        Ok(ChangesPage { documents, more })
+        Ok(ChangesPage {
+            documents,
+            more,
+            latest,
+        })
     }
 
     fn missing_blobs(

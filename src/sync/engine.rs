@@ -44,6 +44,14 @@ pub enum SyncError {
     #[error("pushes kept conflicting with changes from other devices; the next round retries")]
     TooManyConflicts,
 
+    #[error(
+        "the server has changes only up to generation {server}, but this device has seen up \
+         to {local}: its data is older than before, as when server.db is restored from an \
+         older copy. Sync is stopped so that this device does not take the old state for the \
+         current one; restore the server's latest data, then run `syn sync`"
+    )]
+    ServerBehind { server: u64, local: u64 },
+
     #[error("a sync task failed unexpectedly: {0}")]
     Task(String),
 }
@@ -54,7 +62,10 @@ impl SyncError {
         match self {
             SyncError::Client(error) => error.is_retryable(),
             SyncError::Store(StoreError::DiskFull) => true,
-            SyncError::Store(_) | SyncError::Protocol(_) | SyncError::Task(_) => false,
+            SyncError::Store(_)
+            | SyncError::Protocol(_)
+            | SyncError::Task(_)
+            | SyncError::ServerBehind { .. } => false,
             SyncError::TooManyConflicts => true,
         }
     }
@@ -103,6 +114,24 @@ fn write_id(document: &PendingDocument) -> String {
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
+}
+
+/// Fails when the server's current generation is below the cursor this
+/// device already reached: the server lost changes it had acknowledged.
+///
+/// NOTE: a restored server that has taken as many new generations as it
+/// lost, before this device asks, reuses the generation numbers and is not
+/// detected; this device then misses the changes at those numbers. Keeping
+/// a fingerprint of the write at the cursor, and asking the server for it,
+/// would catch that too.
+fn check_server_not_behind(page: &protocol::ChangesPage, cursor: u64) -> Result<(), SyncError> {
+    match page.latest {
+        Some(latest) if latest < cursor => Err(SyncError::ServerBehind {
+            server: latest,
+            local: cursor,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn parse_document(document: &Document) -> Result<Option<RemoteDocument>, SyncError> {
@@ -162,6 +191,7 @@ impl Engine {
         loop {
             let cursor = with_store(&self.store, |store| store.cursor()).await?;
             let page = self.client.changes(cursor, PULL_PAGE_DOCUMENTS, 0).await?;
+            check_server_not_behind(&page, cursor)?;
             pulled += self.apply_page(page.documents, page.cursor).await?;
             if !page.more {
                 return Ok(pulled);
@@ -176,6 +206,7 @@ impl Engine {
             .client
             .changes(cursor, PULL_PAGE_DOCUMENTS, wait_seconds)
             .await?;
+        check_server_not_behind(&page, cursor)?;
         self.apply_page(page.documents, page.cursor).await
     }
 
