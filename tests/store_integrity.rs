@@ -236,8 +236,12 @@ fn tampered_block_from_the_server_is_rejected() {
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("block"),
+        stderr.contains(&format!("block {} ", blobs[0].0)),
         "the error names the block: {stderr}"
+    );
+    assert!(
+        stderr.contains("failed authentication"),
+        "the error says why: {stderr}"
     );
 
     // The first device still has the true content.

@@ -52,6 +52,12 @@ pub enum SyncError {
     )]
     ServerBehind { server: u64, local: u64 },
 
+    #[error(
+        "block {id} from the server failed authentication: the server's copy was altered or \
+         damaged. The documents that need it cannot be applied; restore the server's data"
+    )]
+    DamagedBlock { id: String },
+
     #[error("a sync task failed unexpectedly: {0}")]
     Task(String),
 }
@@ -65,7 +71,8 @@ impl SyncError {
             SyncError::Store(_)
             | SyncError::Protocol(_)
             | SyncError::Task(_)
-            | SyncError::ServerBehind { .. } => false,
+            | SyncError::ServerBehind { .. }
+            | SyncError::DamagedBlock { .. } => false,
             SyncError::TooManyConflicts => true,
         }
     }
@@ -404,7 +411,13 @@ impl Engine {
                 with_store(&self.store, move |store| {
                     store.insert_fetched_block(&id, &sealed)
                 })
-                .await?;
+                .await
+                .map_err(|error| match error {
+                    SyncError::Store(StoreError::Crypto(_)) => {
+                        SyncError::DamagedBlock { id: id.to_hex() }
+                    }
+                    other => other,
+                })?;
             }
         }
         Ok(())
