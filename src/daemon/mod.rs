@@ -18,7 +18,7 @@ use crate::fs::fuse::SynFs;
 use crate::fs::{Caller, FsCore, SharedStore, lock_store};
 use crate::store::{AppliedChange, Store, StoreError, StoreLock, summarize};
 use crate::sync::client::{Client, ClientError};
-use crate::sync::{Engine, Invalidate, RoundReport, SyncHandle};
+use crate::sync::{Engine, Invalidate, RoundReport, SyncHandle, SyncStatus};
 use control::{DaemonStatus, Reply, Request};
 
 /// FUSE worker threads.
@@ -114,6 +114,9 @@ struct Daemon {
     /// Set once `syn unmount` has pushed within its own timeout, so the
     /// exit does not spend [`EXIT_PUSH_TIMEOUT`] on the same changes again.
     pushed_at_unmount: AtomicBool,
+    /// The sync status as the sync thread was being stopped, reported
+    /// until the daemon exits instead of "no server".
+    stopping_sync_status: Mutex<Option<SyncStatus>>,
 }
 
 impl Daemon {
@@ -123,7 +126,13 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .as_ref()
-            .map(SyncHandle::status);
+            .map(SyncHandle::status)
+            .or_else(|| {
+                self.stopping_sync_status
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .clone()
+            });
         let pending_changes = lock_store(&self.store).pending_count().unwrap_or(0);
         let conflicts = summarize(&self.store_dir)
             .map(|summary| summary.conflicts)
@@ -450,6 +459,7 @@ pub fn run(
         core,
         sync: Mutex::new(sync),
         pushed_at_unmount: AtomicBool::new(false),
+        stopping_sync_status: Mutex::new(None),
         insecure_kdf,
     });
 
@@ -481,6 +491,10 @@ pub fn run(
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .take();
     if let Some(sync) = sync {
+        *daemon
+            .stopping_sync_status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sync.status());
         let push_timeout = if daemon.pushed_at_unmount.load(Ordering::SeqCst) {
             Duration::ZERO
         } else {
