@@ -1,7 +1,7 @@
 //! What the sync task reads from and writes to the store: the pending
 //! changes, the cursor, and remote documents applied with merges.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -734,27 +734,37 @@ impl ApplyContext<'_> {
     /// another device changed it: the deletion of a tree lost to that
     /// change as a whole. Restored directories bring back their own entries.
     fn restore_deleted_children(&mut self, directory: &NodeId) -> Result<(), StoreError> {
+        // One pass over the pending nodes finds those deleted here, keyed
+        // by the directory the server last had them in.
+        let rows: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = self
+            .transaction
+            .prepare_cached(
+                "SELECT id, document, base FROM nodes
+                 WHERE base IS NOT NULL AND id IN (SELECT node FROM changes)",
+            )?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut deleted_by_directory: HashMap<NodeId, Vec<(NodeId, NodeDoc)>> = HashMap::new();
+        for (id, sealed, base) in rows {
+            let Some(id) = NodeId::from_slice(&id) else {
+                continue;
+            };
+            if !self.open_doc(&id, &sealed)?.is_deleted() {
+                continue;
+            }
+            let base = self.open_doc(&id, &base)?;
+            if !base.is_deleted() {
+                deleted_by_directory
+                    .entry(base.parent)
+                    .or_default()
+                    .push((id, base));
+            }
+        }
+
         let mut directories = vec![*directory];
         while let Some(directory) = directories.pop() {
-            let rows: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = self
-                .transaction
-                .prepare_cached(
-                    "SELECT id, document, base FROM nodes
-                     WHERE base IS NOT NULL AND id IN (SELECT node FROM changes)",
-                )?
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
-                .collect::<Result<_, _>>()?;
-            for (id, sealed, base) in rows {
-                let Some(id) = NodeId::from_slice(&id) else {
-                    continue;
-                };
-                if !self.open_doc(&id, &sealed)?.is_deleted() {
-                    continue;
-                }
-                let mut doc = self.open_doc(&id, &base)?;
-                if doc.is_deleted() || doc.parent != directory {
-                    continue;
-                }
+            let children = deleted_by_directory.remove(&directory).unwrap_or_default();
+            for (id, mut doc) in children {
                 let renamed = self.place_without_collision(&id, &mut doc)?;
                 let ino = write_node(self.transaction, self.keys, &id, &doc)?;
                 if !renamed {
