@@ -93,8 +93,8 @@ fn pending(device: &Device) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// A server, a proxy in front of it, device A that syncs through the proxy
-/// and device B that syncs directly, both mounted.
+/// Starts a server and a proxy in front of it, and mounts device A, which
+/// syncs through the proxy, and device B, which syncs directly.
 fn pair_behind_proxy() -> (Server, FaultProxy, Device, Device) {
     let server = Server::start();
     let token = server.add_account("alice");

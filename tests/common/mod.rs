@@ -382,8 +382,8 @@ impl Drop for Device {
 
 /// Makes every device push what it has and then pull what the others
 /// pushed, through `syn sync`. A device that saw a file appear may not yet
-/// hold its last revision; tests that go offline next settle first, so that
-/// what each device takes as its base is the server's latest.
+/// have its last revision. Tests that go offline next settle first, so that
+/// each device's base is the server's latest.
 pub fn settle(devices: &[&Device]) {
     for _pass in 0..2 {
         for device in devices {
