@@ -284,8 +284,8 @@ fn start_held_pull() -> HeldPull {
     }
 }
 
-/// Waits for B to hold exactly the expected files, and checks that nobody
-/// made a conflict copy or kept a change pending.
+/// Waits for B to have exactly the expected files, and checks that no device
+/// made a conflict copy and B has no change pending.
 fn assert_pull_completes(pull: &HeldPull) {
     wait_until_within(CATCH_UP, "B to hold every file", || {
         files_under(&pull.b, "pulled").len() == pull.expected.len()

@@ -271,18 +271,24 @@ fn file_in_a_subfolder_of_a_deleted_tree_survives() {
     }
 }
 
-#[test]
-fn offline_swap_of_two_names_syncs_as_a_swap() {
-    let mut pair = pair();
+/// Syncs f1 (x) and f2 (y) to both devices, stops the server, and swaps
+/// their names on A through a temporary name.
+fn swap_two_files_offline_on_a(pair: &mut Pair) {
     fs::write(pair.a.path("f1"), b"x").unwrap();
     fs::write(pair.a.path("f2"), b"y").unwrap();
     wait_until("both files on B", || pair.b.path("f2").exists());
-    converge(&pair);
+    converge(pair);
 
     pair.server.stop();
     fs::rename(pair.a.path("f1"), pair.a.path("tmp")).unwrap();
     fs::rename(pair.a.path("f2"), pair.a.path("f1")).unwrap();
     fs::rename(pair.a.path("tmp"), pair.a.path("f2")).unwrap();
+}
+
+#[test]
+fn offline_swap_of_two_names_syncs_as_a_swap() {
+    let mut pair = pair();
+    swap_two_files_offline_on_a(&mut pair);
     pair.server.restart();
 
     converge(&pair);
@@ -309,15 +315,7 @@ fn offline_swap_of_two_names_syncs_as_a_swap() {
 #[test]
 fn swap_on_one_and_edit_on_other_combine() {
     let mut pair = pair();
-    fs::write(pair.a.path("f1"), b"x").unwrap();
-    fs::write(pair.a.path("f2"), b"y").unwrap();
-    wait_until("both files on B", || pair.b.path("f2").exists());
-    converge(&pair);
-
-    pair.server.stop();
-    fs::rename(pair.a.path("f1"), pair.a.path("tmp")).unwrap();
-    fs::rename(pair.a.path("f2"), pair.a.path("f1")).unwrap();
-    fs::rename(pair.a.path("tmp"), pair.a.path("f2")).unwrap();
+    swap_two_files_offline_on_a(&mut pair);
     fs::write(pair.b.path("f1"), b"x edited on B").unwrap();
     pair.b.unmount();
     // A pushes the swap first, so B's push of its edit conflicts, and B

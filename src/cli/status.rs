@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -13,21 +13,7 @@ use crate::daemon::control::{self, ControlError, DaemonStatus, Reply, Request};
 use crate::daemon::mountinfo;
 use crate::store::{Store, StoreLock, summarize};
 use crate::sync::client::Client;
-use crate::sync::{Engine, too_large_message};
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
-        .unwrap_or(0)
-}
-
-fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+use crate::sync::{Engine, too_large_message, unix_now, unix_now_ms};
 
 fn describe_time(unix_seconds: u64) -> String {
     let age = unix_now().saturating_sub(unix_seconds);

@@ -881,7 +881,7 @@ impl FsCore {
     /// the sync task applied, unless it has local writes of its own (those
     /// become a conflict copy when committed) or a handle that may write.
     /// Such a handle's next write is based on the old content: an append
-    /// goes at the old size the kernel knows, and a write at an offset was
+    /// goes at the old size the kernel has cached, and a write at an offset was
     /// computed from what the program read. Returns true when it replaced
     /// the working copy.
     pub fn refresh_after_remote_change(&self, ino: u64) -> FsResult<bool> {

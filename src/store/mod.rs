@@ -345,9 +345,8 @@ impl Store {
         ino_of(&self.connection, id)
     }
 
-    /// Finds the live entry `name` in directory `parent`.
-    /// The conflict name for `name` in directory `parent`, numbered past
-    /// any that an entry there already holds.
+    /// Returns the conflict name for `name` in directory `parent`, numbered
+    /// past any that an entry there already has.
     pub fn free_conflict_name(
         &self,
         parent: &NodeId,
@@ -365,6 +364,7 @@ impl Store {
         )
     }
 
+    /// Finds the live entry `name` in directory `parent`.
     pub fn lookup(&self, parent: &NodeId, name: &[u8]) -> Result<Option<NodeRow>, StoreError> {
         let tag = self.keys.name_tag(parent, name);
         let Some(node) = node_at(&self.connection, &tag)? else {
@@ -502,8 +502,8 @@ fn node_at(
     Ok(node.as_deref().and_then(NodeId::from_slice))
 }
 
-/// The first conflict name of `name` in directory `parent` that no entry
-/// holds. Two conflicts of one name on one device within a second would
+/// Returns the first conflict name of `name` in directory `parent` that no
+/// entry has. Two conflicts of one name on one device within a second would
 /// otherwise get the same name, and the second would fail to be indexed.
 fn free_conflict_name(
     connection: &Connection,
@@ -523,16 +523,22 @@ fn free_conflict_name(
     }
 }
 
-/// The sealed document the server last had for node `id`, if any.
-fn sealed_base(connection: &Connection, id: &NodeId) -> Result<Option<Vec<u8>>, StoreError> {
+/// A node's sealed document, and the sealed document the server last had
+/// for it (`None` before its first sync).
+type SealedWithBase = (Vec<u8>, Option<Vec<u8>>);
+
+/// Returns node `id`'s sealed document and base, if the store has the node.
+fn sealed_document_and_base(
+    connection: &Connection,
+    id: &NodeId,
+) -> Result<Option<SealedWithBase>, StoreError> {
     Ok(connection
         .query_row(
-            "SELECT base FROM nodes WHERE id = ?1",
+            "SELECT document, base FROM nodes WHERE id = ?1",
             [id.0.as_slice()],
-            |row| row.get(0),
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )
-        .optional()?
-        .flatten())
+        .optional()?)
 }
 
 /// The sealed document of node `id`, if the store has the node.

@@ -10,8 +10,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use super::merge::merge;
 use super::node::{NodeDoc, NodeKind};
 use super::{
-    DATABASE_FILE, Store, StoreError, free_conflict_name, ino_of, node_at, sealed_base,
-    sealed_document, write_node, write_node_tagged,
+    DATABASE_FILE, Store, StoreError, free_conflict_name, ino_of, node_at, sealed_document,
+    sealed_document_and_base, write_node, write_node_tagged,
 };
 use crate::crypto::{BlockId, NodeId};
 
@@ -638,7 +638,7 @@ impl ApplyContext<'_> {
     }
 
     /// Keeps each directory among `deleted` (deleted by this page, alive
-    /// here before it, as id, inode and local document) that still holds
+    /// here before it, as id, inode and local document) that still has
     /// entries once the whole page is placed: entries added here, or moved
     /// into it by the merge. The kept directory is pushed back. It runs after
     /// placement, so the order of the page does not matter, and it repeats
@@ -711,10 +711,9 @@ impl ApplyContext<'_> {
         if !node.doc.is_deleted() || local.is_deleted() || local.parent == NodeId::ROOT {
             return Ok(false);
         }
-        let (Some(directory), Some(remote_directory)) = (
-            sealed_document(self.transaction, &local.parent)?,
-            sealed_base(self.transaction, &local.parent)?,
-        ) else {
+        let Some((directory, Some(remote_directory))) =
+            sealed_document_and_base(self.transaction, &local.parent)?
+        else {
             return Ok(false);
         };
         let directory = self.open_doc(&local.parent, &directory)?;

@@ -126,11 +126,11 @@ fn write_id(document: &PendingDocument) -> String {
 /// Fails when the server's current generation is below the cursor this
 /// device already reached: the server lost changes it had acknowledged.
 ///
-/// NOTE: a restored server that has taken as many new generations as it
-/// lost, before this device asks, reuses the generation numbers and is not
-/// detected; this device then misses the changes at those numbers. Keeping
-/// a fingerprint of the write at the cursor, and asking the server for it,
-/// would catch that too.
+/// NOTE: a restored server that takes as many new generations as it lost,
+/// before this device requests changes, reuses the generation numbers and
+/// is not detected. This device then misses the changes at those numbers.
+/// A fingerprint of the write at the cursor, checked with the server, would
+/// catch that too.
 fn check_server_not_behind(page: &protocol::ChangesPage, cursor: u64) -> Result<(), SyncError> {
     match page.latest {
         Some(latest) if latest < cursor => Err(SyncError::ServerBehind {

@@ -99,14 +99,16 @@ pub fn too_large_message(count: u64) -> String {
     )
 }
 
-fn unix_now() -> u64 {
+/// Returns the Unix time in seconds, or 0 if the clock is before 1970.
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
         .unwrap_or(0)
 }
 
-fn unix_now_ms() -> u64 {
+/// Returns the Unix time in milliseconds, or 0 if the clock is before 1970.
+pub(crate) fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
